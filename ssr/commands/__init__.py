@@ -1,0 +1,1 @@
+"""Subcommands of the ``ssr`` CLI; each module defines ``register(subparsers)``."""

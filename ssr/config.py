@@ -1,0 +1,248 @@
+"""Typed, validated configuration loaded from YAML plus ``section.key=value`` overrides.
+
+The defaults here are the embedded defaults: they equal ``configs/training_config.yaml``
+(the seed's values), so every command also works without a config file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ssr.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The spatiotemporal transformer (seed: ``model`` section)."""
+
+    num_channels: int = Field(8, ge=1)
+    input_size: int = Field(128, ge=1)
+    hidden_size: int = Field(256, ge=1)
+    num_heads: int = Field(8, ge=1)
+    num_layers: int = Field(6, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    max_frames: int = Field(1024, ge=1, description="longest utterance, in frames, the model accepts")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class DataConfig(_Section):
+    """Raw data location and preprocessing (seed: ``data`` section plus filters)."""
+
+    train_dir: str = "data/train"
+    val_dir: str = "data/val"
+    test_dir: str = "data/test"
+    format: Literal["auto", "native", "gaddy"] = "auto"
+    processed_dir: str = "data/processed"
+    sampling_rate: int = Field(1000, gt=0)
+    window_size: int = Field(256, ge=2)
+    hop_length: int = Field(128, ge=1)
+    powerline_freq: float = Field(60.0, gt=0)
+    notch_harmonics: int = Field(3, ge=0, description="notched multiples of powerline_freq")
+    notch_q: float = Field(30.0, gt=0)
+    bandpass_low: float = Field(20.0, gt=0)
+    bandpass_high: float = Field(450.0, gt=0)
+    filter_order: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        if self.hop_length > self.window_size:
+            raise ValueError(
+                f"hop_length ({self.hop_length}) must not exceed window_size ({self.window_size})"
+            )
+        nyquist = self.sampling_rate / 2
+        if not self.bandpass_low < self.bandpass_high < nyquist:
+            raise ValueError(
+                f"need bandpass_low < bandpass_high < sampling_rate/2, got {self.bandpass_low}, "
+                f"{self.bandpass_high}, {nyquist}"
+            )
+        return self
+
+
+class TrainingConfig(_Section):
+    """Optimisation, checkpoints and logging cadence (seed: ``training`` section)."""
+
+    num_epochs: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(0.001, gt=0)
+    weight_decay: float = Field(0.0001, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(5.0, gt=0)
+    num_workers: int = Field(4, ge=0)
+    log_interval: int = Field(10, ge=1)
+    save_interval: int = Field(5, ge=1)
+    viz_interval: int = Field(1, ge=1)
+    patience: int = Field(10, ge=1)
+    checkpoint_dir: str = "checkpoints"
+    output_dir: str = "outputs"
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+    lr_patience: int = Field(5, ge=0)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+
+
+class MlflowConfig(_Section):
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "ssr-emg"
+
+
+class WandbConfig(_Section):
+    enabled: bool = True
+    project: str = "ssr-emg"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    dir: str = "."
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking to MLflow and Weights & Biases."""
+
+    run_name: str | None = None
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+
+class StorageConfig(_Section):
+    """Object storage (S3 API) used for any ``s3://`` path."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    max_attempts: int = Field(5, ge=1)
+    multipart_threshold_mb: int = Field(64, ge=5)
+
+
+class RegistryConfig(_Section):
+    """MLflow Model Registry and the promotion gate."""
+
+    model_name: str = "ssr-emg"
+    min_accuracy: float = Field(0.5, ge=0, le=1)
+    margin: float = Field(0.0, ge=0, le=1)
+    p_value: float = Field(0.05, gt=0, le=1)
+
+
+class Config(_Section):
+    """The whole configuration."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Config:
+        bins = self.data.window_size // 2
+        if self.model.input_size > bins or bins % self.model.input_size:
+            raise ValueError(
+                f"model.input_size ({self.model.input_size}) must divide data.window_size/2 "
+                f"({bins}): the spectral features pool the STFT bins into input_size bands"
+            )
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """The config as ``{"section.key": value}``, e.g. for experiment-tracking params."""
+        return flatten(self.model_dump())
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value``; the value is read as YAML (``3``, ``true``, ``null``, ...)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or "." not in key:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+    return key, value
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a plain dict into a :class:`Config`, naming the offending keys on error."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the embedded defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+        raw = loaded
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value)
+    if overrides:
+        source += " (with overrides)"
+    return config_from_dict(raw, source)
+
+
+def dump_config(cfg: Config) -> str:
+    """The config as YAML text."""
+    return yaml.safe_dump(cfg.model_dump(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""EMG data: raw formats, synthetic generator, and the preprocessed (model-ready) data set."""

@@ -1,0 +1,162 @@
+"""The preprocessed, model-ready data set on disk: the contract between preprocessing and training.
+
+Layout of ``processed_dir``::
+
+    manifest.json            label map, shapes, normalisation stats, parameters, fingerprint
+    {split}_features.npy     float32 (total_frames, channels, bins), utterances concatenated
+    {split}_index.npy        int64 (utterances, 3): frame offset, frame count, label id
+    {split}_ids.json         source file of each utterance (for error messages and plots)
+
+The ``.npy`` arrays are contiguous and opened with ``mmap_mode="r"``, so training reads them
+without loading everything into memory and without re-filtering.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ssr.errors import DataError
+from ssr.fsutil import atomic_dir
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SplitArrays:
+    """One split in memory, as written by preprocessing."""
+
+    features: np.ndarray  # float32 (total_frames, channels, bins)
+    index: np.ndarray  # int64 (utterances, 3): offset, length, label id
+    ids: list[str]
+
+    def __post_init__(self) -> None:
+        if self.features.ndim != 3:
+            raise ValueError(f"features must be 3-D (frames, channels, bins), got {self.features.shape}")
+        if self.index.ndim != 2 or self.index.shape[1] != 3:
+            raise ValueError(f"index must be (utterances, 3), got {self.index.shape}")
+        if len(self.ids) != len(self.index):
+            raise ValueError("ids and index disagree in length")
+
+
+def write_processed(out_dir: str | os.PathLike[str], manifest: dict[str, Any],
+                    splits: dict[str, SplitArrays]) -> Path:
+    """Write a processed data set atomically: everything goes to a temp dir renamed at the end."""
+    out = Path(out_dir)
+    manifest = dict(manifest)
+    manifest["format_version"] = FORMAT_VERSION
+    manifest["splits"] = {
+        name: {
+            "utterances": int(len(arr.index)),
+            "frames": int(arr.features.shape[0]),
+            "shape": [int(s) for s in arr.features.shape[1:]],
+        }
+        for name, arr in splits.items()
+    }
+    with atomic_dir(out) as tmp:
+        for name, arr in splits.items():
+            np.save(tmp / f"{name}_features.npy", np.ascontiguousarray(arr.features, np.float32))
+            np.save(tmp / f"{name}_index.npy", np.ascontiguousarray(arr.index, np.int64))
+            (tmp / f"{name}_ids.json").write_text(json.dumps(arr.ids))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``manifest.json`` of a processed data set."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: no manifest; run `ssr preprocess` first")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: manifest is not valid JSON: {exc}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: unsupported format_version {manifest.get('format_version')!r}")
+    return manifest
+
+
+class ProcessedSplit(Dataset):
+    """A memory-mapped split; items are ``(features (frames, channels, bins), label id)``."""
+
+    def __init__(self, root: str | os.PathLike[str], split: str) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.manifest = read_manifest(self.root)
+        if split not in self.manifest["splits"]:
+            raise DataError(f"{self.root}: split {split!r} not in processed data set")
+        feat_path = self.root / f"{split}_features.npy"
+        index_path = self.root / f"{split}_index.npy"
+        try:
+            self.features = np.load(feat_path, mmap_mode="r")
+            self.index = np.load(index_path)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{feat_path.parent}: cannot read split {split!r}: {exc}") from None
+        self.ids: list[str] = json.loads((self.root / f"{split}_ids.json").read_text())
+        if len(self.index) == 0:
+            raise DataError(f"{self.root}: split {split!r} is empty")
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.index[:, 2]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.index[:, 1]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        offset, length, label = (int(v) for v in self.index[i])
+        x = torch.from_numpy(np.array(self.features[offset : offset + length], dtype=np.float32))
+        return x, label
+
+
+@dataclass
+class Batch:
+    """A padded batch: ``x`` (B, T, C, F), ``lengths`` (B,), ``labels`` (B,)."""
+
+    x: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(
+            self.x.to(device, non_blocking=non_blocking),
+            self.lengths.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> Batch:
+        return Batch(self.x.pin_memory(), self.lengths.pin_memory(), self.labels.pin_memory())
+
+    def padding_mask(self) -> torch.Tensor:
+        """Bool (B, T), True where a frame is padding."""
+        t = self.x.shape[1]
+        return torch.arange(t, device=self.x.device)[None, :] >= self.lengths[:, None]
+
+
+def collate(items: list[tuple[torch.Tensor, int]]) -> Batch:
+    """Pad utterances of different lengths to the longest in the batch (no truncation)."""
+    lengths = torch.tensor([x.shape[0] for x, _ in items], dtype=torch.long)
+    t_max = int(lengths.max())
+    c, f = items[0][0].shape[1:]
+    x = torch.zeros(len(items), t_max, c, f, dtype=torch.float32)
+    for i, (feat, _) in enumerate(items):
+        x[i, : feat.shape[0]] = feat
+    labels = torch.tensor([label for _, label in items], dtype=torch.long)
+    return Batch(x, lengths, labels)

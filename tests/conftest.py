@@ -1,0 +1,63 @@
+"""Shared fixtures: real servers per session, tiny configs, isolated tracking defaults."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from servers import (  # noqa: E402
+    MlflowServer,
+    S3Server,
+    start_mlflow,
+    start_s3,
+    stop,
+    stop_mlflow,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep tests off the user's trackers and credentials: W&B offline in tmp, no real URIs."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (moto) on loopback, shared by the session."""
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    stop(server.proc)
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """Point boto3 (through the usual AWS variables) at the loopback S3 server."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server
+                  ) -> Iterator[MlflowServer]:
+    """A real ``mlflow server`` with a SQLite store and S3 artifacts, shared by the session."""
+    server = start_mlflow(tmp_path_factory.mktemp("mlflow"), s3_server)
+    yield server
+    stop_mlflow(server)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"ssr tests; CI={os.environ.get('CI', '')}"
