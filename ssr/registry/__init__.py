@@ -1,0 +1,1 @@
+"""MLflow Model Registry: register candidates, gate and promote them, serve them."""

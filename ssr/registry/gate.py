@@ -1,0 +1,146 @@
+"""The promotion gate: a challenger replaces the champion only if it is clearly better.
+
+Both models are scored on the same test utterances, so the comparison is paired: McNemar's
+exact test looks only at the utterances where exactly one model is right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import binomtest
+
+_EPS = 1e-9  # accuracies are ratios of counts: a gain equal to the margin must pass
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """Paired comparison counts and the one-sided exact p-value.
+
+    ``n01``: challenger right, champion wrong; ``n10``: challenger wrong, champion right.
+    ``p_value`` tests H1 "the challenger is right more often" (``binomtest(n01, n01 + n10)``).
+    """
+
+    n: int
+    n01: int
+    n10: int
+    p_value: float
+    challenger_accuracy: float
+    champion_accuracy: float
+
+
+def _as_bool_vector(values: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of booleans, got shape {arr.shape}")
+    if arr.dtype != bool:
+        raise ValueError(f"{name} must be boolean, got dtype {arr.dtype}")
+    return arr
+
+
+def mcnemar_exact(challenger_correct: np.ndarray, champion_correct: np.ndarray) -> McNemarResult:
+    """McNemar's exact test on paired per-utterance correctness (one-sided, challenger better)."""
+    a = _as_bool_vector(challenger_correct, "challenger_correct")
+    b = _as_bool_vector(champion_correct, "champion_correct")
+    if a.shape != b.shape:
+        raise ValueError(
+            f"paired predictions differ in length: challenger {a.size}, champion {b.size}"
+        )
+    if a.size == 0:
+        raise ValueError("no paired predictions to compare")
+    n01 = int(np.sum(a & ~b))
+    n10 = int(np.sum(~a & b))
+    discordant = n01 + n10
+    p = 1.0 if discordant == 0 else float(binomtest(n01, discordant, 0.5, "greater").pvalue)
+    return McNemarResult(
+        n=int(a.size),
+        n01=n01,
+        n10=n10,
+        p_value=p,
+        challenger_accuracy=float(a.mean()),
+        champion_accuracy=float(b.mean()),
+    )
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether to promote, why, and the numbers behind it (recorded as version tags)."""
+
+    promote: bool
+    reason: str
+    challenger_accuracy: float
+    min_accuracy: float
+    margin: float
+    p_threshold: float
+    champion_accuracy: float | None = None
+    n: int | None = None
+    n01: int | None = None
+    n10: int | None = None
+    p_value: float | None = None
+
+    @property
+    def gain(self) -> float | None:
+        """Challenger accuracy minus champion accuracy (None without a champion)."""
+        if self.champion_accuracy is None:
+            return None
+        return self.challenger_accuracy - self.champion_accuracy
+
+    def to_tags(self, prefix: str = "gate.") -> dict[str, str]:
+        """The decision as string tags; absent numbers are left out."""
+        tags = {f"{prefix}decision": "promote" if self.promote else "reject"}
+        for key, value in asdict(self).items():
+            if key == "promote" or value is None:
+                continue
+            tags[f"{prefix}{key}"] = f"{value:.6g}" if isinstance(value, float) else str(value)
+        if self.gain is not None:
+            tags[f"{prefix}gain"] = f"{self.gain:.6g}"
+        return tags
+
+
+def decide(
+    challenger_correct: np.ndarray,
+    champion_correct: np.ndarray | None,
+    *,
+    min_accuracy: float,
+    margin: float,
+    p_value: float,
+) -> GateDecision:
+    """Apply the gate: minimum accuracy, then (with a champion) gain >= margin and McNemar p < p_value.
+
+    Without a champion the challenger is promoted when it reaches ``min_accuracy``. With one,
+    it must also be strictly more accurate, by at least ``margin``, and significantly better.
+    """
+    challenger = _as_bool_vector(challenger_correct, "challenger_correct")
+    if challenger.size == 0:
+        raise ValueError("no test predictions for the challenger")
+    acc = float(challenger.mean())
+    common = {"min_accuracy": min_accuracy, "margin": margin, "p_threshold": p_value}
+    if champion_correct is None:
+        if acc < min_accuracy:
+            reason = f"accuracy {acc:.4f} below minimum {min_accuracy:.4f}"
+            return GateDecision(False, reason, acc, **common)
+        return GateDecision(True, "no champion yet; minimum accuracy reached", acc, **common)
+
+    test = mcnemar_exact(challenger, champion_correct)
+    numbers = {
+        "champion_accuracy": test.champion_accuracy,
+        "n": test.n,
+        "n01": test.n01,
+        "n10": test.n10,
+        "p_value": test.p_value,
+    }
+    gain = acc - test.champion_accuracy
+    if acc < min_accuracy:
+        reason = f"accuracy {acc:.4f} below minimum {min_accuracy:.4f}"
+        promote = False
+    elif gain <= 0 or gain < margin - _EPS:
+        reason = f"accuracy gain {gain:+.4f} does not exceed the champion by margin {margin:.4f}"
+        promote = False
+    elif test.p_value >= p_value:
+        reason = f"not significantly better: McNemar p={test.p_value:.4g} >= {p_value:g}"
+        promote = False
+    else:
+        reason = f"better by {gain:+.4f}, McNemar p={test.p_value:.4g} < {p_value:g}"
+        promote = True
+    return GateDecision(promote, reason, acc, **common, **numbers)
