@@ -106,7 +106,7 @@ def decide(
     margin: float,
     p_value: float,
 ) -> GateDecision:
-    """Apply the gate: minimum accuracy, then (with a champion) gain >= margin and McNemar p < p_value.
+    """Apply the gate: minimum accuracy, then (with a champion) margin and McNemar significance.
 
     Without a champion the challenger is promoted when it reaches ``min_accuracy``. With one,
     it must also be strictly more accurate, by at least ``margin``, and significantly better.
