@@ -1,0 +1,289 @@
+"""Object storage against the real loopback S3 server: round trips, retries, conditional writes,
+the ``latest.json`` pointer protocol, and a store that goes away in the middle of an upload."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from servers import free_port
+
+from ssr.config import StorageConfig
+from ssr.errors import CheckpointError, StorageError
+from ssr.storage import (
+    CheckpointPublisher,
+    ObjectNotFoundError,
+    PointerConflictError,
+    PreconditionFailedError,
+    exists,
+    join,
+    list_objects,
+    load_latest,
+    localize,
+    parse_s3,
+    publish,
+    read_bytes,
+    read_pointer,
+    stat,
+    write_bytes,
+)
+from ssr.storage.objects import read_bytes_etag
+
+MB = 1024 * 1024
+SMALL = StorageConfig(multipart_threshold_mb=5, max_attempts=2)
+
+
+def _bucket(s3_env) -> str:
+    return s3_env.create_bucket(f"t-{uuid.uuid4().hex[:12]}")
+
+
+class Proxy:
+    """A TCP forwarder in front of the S3 server: a store that can go away and come back.
+
+    ``budget`` bytes after start (client -> server), it drops every connection and stops
+    listening, as a crashed or partitioned server would.
+    """
+
+    def __init__(self, target_port: int, port: int | None = None) -> None:
+        self.target_port = target_port
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.budget: int | None = None
+        self.forwarded = 0
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def start(self, budget: int | None = None) -> None:
+        self.budget, self.forwarded = budget, 0
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._listener is not None:
+                with contextlib.suppress(OSError):
+                    self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+                self._listener.close()
+                self._listener = None
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            self._conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._conns += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if counted and self.budget is not None:
+                    self.forwarded += len(data)
+                    if self.forwarded >= self.budget:
+                        threading.Thread(target=self.stop, daemon=True).start()
+                        return
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def proxy(s3_env):
+    p = Proxy(int(s3_env.endpoint.rsplit(":", 1)[1]))
+    yield p
+    p.stop()
+
+
+# --------------------------------------------------------------------------- URIs and objects
+
+
+def test_parse_and_join():
+    loc = parse_s3("s3://bucket/a/b/")
+    assert (loc.bucket, loc.key) == ("bucket", "a/b")
+    assert join("s3://bucket/run1", "resume", "x.pth") == "s3://bucket/run1/resume/x.pth"
+    assert join("s3://bucket", "latest.json") == "s3://bucket/latest.json"
+    assert join("runs/x", "latest.json") == str(Path("runs/x/latest.json"))
+    for bad in ("s3://", "s3:///key", "s3://b//k"):
+        with pytest.raises(StorageError, match="malformed"):
+            parse_s3(bad)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_round_trip_small_and_multipart(where, s3_env, tmp_path):
+    base = str(tmp_path / "store") if where == "local" else f"s3://{_bucket(s3_env)}/p"
+    small, big = os.urandom(1000), os.urandom(11 * MB)
+    write_bytes(join(base, "small.bin"), small, SMALL)
+    etag = write_bytes(join(base, "dir/big.bin"), big, SMALL)
+    assert read_bytes(join(base, "small.bin"), SMALL) == small
+    assert read_bytes(join(base, "dir/big.bin"), SMALL) == big
+    assert stat(join(base, "dir/big.bin"), SMALL).size == 11 * MB
+    assert [o.name for o in list_objects(base, SMALL)] == ["dir/big.bin", "small.bin"]
+    assert not exists(join(base, "nope.bin"), SMALL)
+    with pytest.raises(ObjectNotFoundError, match="nope.bin"):
+        read_bytes(join(base, "nope.bin"), SMALL)
+    if where == "s3":
+        assert etag.endswith("-3")  # 11 MB in 5 MB parts: a real multipart upload
+        assert stat(join(base, "dir/big.bin"), SMALL).etag == etag
+
+
+def test_publish_and_localize_dir(s3_env, tmp_path):
+    src = tmp_path / "processed"
+    (src / "sub").mkdir(parents=True)
+    (src / "train_features.npy").write_bytes(os.urandom(2000))
+    (src / "sub" / "x.json").write_text("{}")
+    (src / "manifest.json").write_text('{"ok": true}')
+    uri = f"s3://{_bucket(s3_env)}/data/processed"
+    assert publish(src, uri) == uri
+    cache = tmp_path / "cache"
+    local = localize(uri, cache)
+    assert local == cache / parse_s3(uri).bucket / "data" / "processed"
+    for name in ("train_features.npy", "sub/x.json", "manifest.json"):
+        assert (local / name).read_bytes() == (src / name).read_bytes()
+    # unchanged objects are neither re-uploaded nor re-downloaded; removed ones disappear
+    from ssr.storage import delete, download_dir, upload_dir
+
+    assert upload_dir(src, uri) == 0
+    assert download_dir(uri, local) == 0
+    delete(join(uri, "sub/x.json"))
+    assert download_dir(uri, local) == 0
+    assert not (local / "sub" / "x.json").exists()
+    assert localize("some/local/dir", cache) == Path("some/local/dir")
+    with pytest.raises(ObjectNotFoundError, match="no objects"):
+        localize(f"s3://{parse_s3(uri).bucket}/missing", cache)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_missing_bucket_is_a_quick_permanent_error(s3_env):
+    start = time.monotonic()
+    with pytest.raises(StorageError, match=r"s3://no-such-bucket-xyz/k.*bucket does not exist"):
+        write_bytes("s3://no-such-bucket-xyz/k", b"x", StorageConfig(max_attempts=5))
+    assert time.monotonic() - start < 2.0  # not retried
+
+
+def test_transient_outage_is_retried_until_the_store_answers(s3_env, proxy):
+    bucket = _bucket(s3_env)
+    storage = StorageConfig(endpoint_url=proxy.endpoint, max_attempts=6)
+    timer = threading.Timer(1.2, proxy.start)  # nothing listens on the port for 1.2 s
+    timer.start()
+    start = time.monotonic()
+    write_bytes(f"s3://{bucket}/k", b"after the outage", storage)
+    assert time.monotonic() - start >= 1.0
+    assert read_bytes(f"s3://{bucket}/k") == b"after the outage"  # via the direct endpoint
+
+
+def test_outage_longer_than_the_retries_is_a_storage_error(s3_env, proxy):
+    storage = StorageConfig(endpoint_url=proxy.endpoint, max_attempts=2)  # proxy never started
+    with pytest.raises(StorageError, match=r"s3://b/k: failed after 2 attempts"):
+        write_bytes("s3://b/k", b"x", storage)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_conditional_writes(where, s3_env, tmp_path):
+    uri = str(tmp_path / "obj") if where == "local" else f"s3://{_bucket(s3_env)}/obj"
+    first = write_bytes(uri, b"one", if_none_match=True)
+    with pytest.raises(PreconditionFailedError):
+        write_bytes(uri, b"two", if_none_match=True)
+    second = write_bytes(uri, b"two", if_match=first)
+    with pytest.raises(PreconditionFailedError):
+        write_bytes(uri, b"three", if_match=first)  # stale ETag
+    assert read_bytes_etag(uri) == (b"two", second)
+
+
+# --------------------------------------------------------------------------- pointer protocol
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_pointer_names_newest_verified_checkpoint(where, s3_env, tmp_path):
+    directory = str(tmp_path / "ckpt") if where == "local" else f"s3://{_bucket(s3_env)}/run1"
+    assert load_latest(directory) is None
+    pub = CheckpointPublisher(directory, keep=2)
+    blobs = [os.urandom(3000 + i) for i in range(3)]
+    for i, blob in enumerate(blobs):
+        pointer = pub.publish(blob, epoch=i + 1, global_step=10 * (i + 1), run_ids={"mlflow": "r"})
+    found, data = load_latest(directory)
+    assert data == blobs[-1] and found == pointer
+    assert (found.epoch, found.global_step, found.size) == (3, 30, len(blobs[-1]))
+    raw = json.loads(read_bytes(join(directory, "latest.json")))
+    assert raw["checkpoint"] == found.checkpoint and raw["run_ids"] == {"mlflow": "r"}
+    assert len(list_objects(join(directory, "resume"))) == 2  # older ones pruned
+
+
+def test_second_writer_cannot_clobber_the_pointer(s3_env):
+    directory = f"s3://{_bucket(s3_env)}/run1"
+    a = CheckpointPublisher(directory)
+    b = CheckpointPublisher(directory)  # both saw "no pointer yet"
+    a.publish(b"from a", epoch=1, global_step=1)
+    with pytest.raises(PointerConflictError, match="another writer"):
+        b.publish(b"from b", epoch=1, global_step=2)
+    assert load_latest(directory)[1] == b"from a"
+    a.publish(b"a again", epoch=2, global_step=3)  # the owner keeps going
+    assert load_latest(directory)[1] == b"a again"
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "missing"])
+def test_damaged_checkpoint_is_refused(damage, s3_env):
+    directory = f"s3://{_bucket(s3_env)}/run1"
+    pointer = CheckpointPublisher(directory).publish(b"x" * 5000, epoch=1, global_step=5)
+    uri = join(directory, pointer.checkpoint)
+    if damage == "corrupt":
+        write_bytes(uri, b"y" + b"x" * 4999)
+    elif damage == "truncated":
+        write_bytes(uri, b"x" * 4000)
+    else:
+        from ssr.storage import delete
+
+        delete(uri)
+    message = {
+        "corrupt": "corrupt checkpoint: sha256",
+        "truncated": "truncated",
+        "missing": "missing",
+    }
+    with pytest.raises(CheckpointError, match=f"{uri}.*{message[damage]}"):
+        load_latest(directory)
+
+
+def test_store_lost_mid_upload_leaves_previous_checkpoint_and_pointer(s3_env, proxy):
+    bucket = _bucket(s3_env)
+    directory = f"s3://{bucket}/run1"
+    storage = StorageConfig(endpoint_url=proxy.endpoint, multipart_threshold_mb=5, max_attempts=1)
+    proxy.start()
+    pub = CheckpointPublisher(directory, storage)
+    good = pub.publish(b"epoch 1 state", epoch=1, global_step=10)
+    before = read_pointer(directory)
+    proxy.budget, proxy.forwarded = 7 * MB, 0  # the store dies after 7 of the 11 MB went up
+    with pytest.raises(StorageError, match=f"upload {directory}/resume/e0002"):
+        pub.publish(os.urandom(11 * MB), epoch=2, global_step=20)
+    assert proxy.forwarded >= 7 * MB
+    # the store is back: the pointer is untouched and still names a verified checkpoint
+    assert read_pointer(directory) == before
+    pointer, data = load_latest(directory)
+    assert pointer == good and data == b"epoch 1 state"
+    names = [o.name for o in list_objects(join(directory, "resume"))]
+    assert names == [good.checkpoint.split("/", 1)[1]]  # no partial object became visible
