@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ssr.config import Config
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -18,12 +21,22 @@ class Tracker(Protocol):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
 
-    def log_image(self, path: str | os.PathLike[str], key: str, step: int | None = None) -> None: ...
+    def log_image(
+        self, path: str | os.PathLike[str], key: str, step: int | None = None
+    ) -> None: ...
 
-    def log_confusion_matrix(self, y_true: Sequence[int], y_pred: Sequence[int],
-                             labels: Sequence[str], key: str, step: int | None = None) -> None: ...
+    def log_confusion_matrix(
+        self,
+        y_true: Sequence[int],
+        y_pred: Sequence[int],
+        labels: Sequence[str],
+        key: str,
+        step: int | None = None,
+    ) -> None: ...
 
-    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None: ...
+    def log_artifact(
+        self, path: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None: ...
 
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
 
@@ -46,8 +59,14 @@ class NullTracker:
     def log_image(self, path: str | os.PathLike[str], key: str, step: int | None = None) -> None:
         pass
 
-    def log_confusion_matrix(self, y_true: Sequence[int], y_pred: Sequence[int],
-                             labels: Sequence[str], key: str, step: int | None = None) -> None:
+    def log_confusion_matrix(
+        self,
+        y_true: Sequence[int],
+        y_pred: Sequence[int],
+        labels: Sequence[str],
+        key: str,
+        step: int | None = None,
+    ) -> None:
         pass
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
@@ -63,10 +82,61 @@ class NullTracker:
         pass
 
 
-def open_tracker(cfg: Config, job: str = "train", resume_ids: Mapping[str, str] | None = None,
-                 rank: int = 0) -> Tracker:
+def open_tracker(
+    cfg: Config,
+    job: str = "train",
+    resume_ids: Mapping[str, str] | None = None,
+    rank: int = 0,
+    fingerprint: str | None = None,
+    device: str | None = None,
+) -> Tracker:
     """The tracker for a run: fans out to the backends enabled in ``cfg.tracking``.
 
     ``resume_ids`` (from a checkpoint) continue the same runs; ranks other than 0 log nothing.
+    ``fingerprint`` (of the processed data set) and ``device`` become run tags. A backend that
+    cannot be opened is left out with a warning; with none left this is a :class:`NullTracker`.
+    ``MLFLOW_TRACKING_URI``, ``WANDB_MODE`` and ``WANDB_DIR`` override the config.
     """
-    return NullTracker()
+    if rank != 0:
+        return NullTracker()
+    from ssr.tracking.context import default_run_name, run_tags
+    from ssr.tracking.fanout import FanoutTracker
+
+    ids = dict(resume_ids or {})
+    tags = run_tags(cfg, job, fingerprint, device)
+    name = default_run_name(cfg, job, fingerprint)
+    backends: dict[str, Tracker] = {}
+    if cfg.tracking.mlflow.enabled:
+        try:
+            from ssr.tracking.mlflow_backend import MlflowTracker
+
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.mlflow.tracking_uri
+            backends["mlflow"] = MlflowTracker(
+                uri, cfg.tracking.mlflow.experiment, name, tags, resume_run_id=ids.get("mlflow")
+            )
+        except Exception as exc:
+            log.warning("tracking: mlflow could not be opened (%s); continuing without it", exc)
+    wcfg = cfg.tracking.wandb
+    if wcfg.enabled:
+        try:
+            from ssr.tracking.wandb_backend import WandbTracker, resolve_mode
+
+            mode = resolve_mode(wcfg.mode)
+            if mode != "disabled":
+                resume_id = ids.get("wandb")
+                backends["wandb"] = WandbTracker(
+                    wcfg.project,
+                    None if resume_id and not cfg.tracking.run_name else name,
+                    cfg.flat(),
+                    tags,
+                    entity=wcfg.entity,
+                    mode=mode,
+                    directory=os.environ.get("WANDB_DIR") or wcfg.dir,
+                    resume_id=resume_id,
+                    job=job,
+                )
+        except Exception as exc:
+            log.warning("tracking: wandb could not be opened (%s); continuing without it", exc)
+    if not backends:
+        return NullTracker()
+    return FanoutTracker(backends)

@@ -1,0 +1,148 @@
+"""Weights & Biases tracking backend (online with ``WANDB_API_KEY``, else offline files).
+
+W&B wants one increasing step per run, but the trainer logs ``train/*`` per optimiser step and
+everything else per epoch. So each metric is bound to its own x-axis with ``define_metric``:
+``train/*`` against ``global_step``, all other keys against ``epoch``; the axis value travels in
+the logged dict and W&B's own step just counts calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TRAIN_PREFIX = "train/"
+TRAIN_AXIS = "global_step"
+EPOCH_AXIS = "epoch"
+MODEL_SUFFIXES = {".pt", ".pth", ".safetensors", ".ckpt"}
+
+
+def resolve_mode(configured: str) -> str:
+    """``WANDB_MODE`` if set; ``auto`` means online with ``WANDB_API_KEY``, else offline."""
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return env
+    if configured == "auto":
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return configured
+
+
+def _artifact_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "artifact"
+
+
+class WandbTracker:
+    """A :class:`~ssr.tracking.base.Tracker` writing one W&B run through its own run object."""
+
+    def __init__(
+        self,
+        project: str,
+        run_name: str | None,
+        config: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+        entity: str | None = None,
+        mode: str = "offline",
+        directory: str | os.PathLike[str] = ".",
+        resume_id: str | None = None,
+        job: str = "train",
+        init_timeout: float = 60.0,
+    ) -> None:
+        import wandb
+
+        self._wandb = wandb
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=project,
+            entity=entity,
+            mode=mode,
+            dir=str(directory),
+            id=resume_id,
+            resume="allow",
+            name=run_name,
+            job_type=job,
+            tags=[job],
+            config=dict(config),
+            reinit="create_new",
+            settings=wandb.Settings(init_timeout=init_timeout),
+        )
+        self.run.define_metric(TRAIN_AXIS)
+        self.run.define_metric(EPOCH_AXIS)
+        self.run.define_metric(f"{TRAIN_PREFIX}*", step_metric=TRAIN_AXIS)
+        self._bound: set[str] = set()
+        if tags:
+            self.set_tags(tags)
+        log.info("tracking: wandb run %s (%s mode) in project %r", self.run.id, mode, project)
+
+    def _log(self, values: Mapping[str, Any], axis: str, step: int | None) -> None:
+        """Log values against ``axis`` (``global_step`` or ``epoch``) at ``step``."""
+        if axis == EPOCH_AXIS:
+            for key in values:
+                if key not in self._bound and key not in (TRAIN_AXIS, EPOCH_AXIS):
+                    self.run.define_metric(key, step_metric=EPOCH_AXIS)
+                    self._bound.add(key)
+        row = dict(values)
+        if step is not None:
+            row[axis] = step
+        self.run.log(row)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.run.config.update(dict(params), allow_val_change=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        train = {k: float(v) for k, v in metrics.items() if k.startswith(TRAIN_PREFIX)}
+        other = {k: float(v) for k, v in metrics.items() if not k.startswith(TRAIN_PREFIX)}
+        if train:
+            self._log(train, TRAIN_AXIS, step)
+        if other:
+            self._log(other, EPOCH_AXIS, step)
+
+    def log_image(self, path: str | os.PathLike[str], key: str, step: int | None = None) -> None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such image")
+        self._log({key: self._wandb.Image(str(path))}, EPOCH_AXIS, step)
+
+    def log_confusion_matrix(
+        self,
+        y_true: Sequence[int],
+        y_pred: Sequence[int],
+        labels: Sequence[str],
+        key: str,
+        step: int | None = None,
+    ) -> None:
+        plot = self._wandb.plot.confusion_matrix(
+            y_true=[int(v) for v in y_true],
+            preds=[int(v) for v in y_pred],
+            class_names=list(labels),
+            title=key,
+        )
+        self._log({key: plot}, EPOCH_AXIS, step)
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        src = Path(path)
+        if not src.exists():
+            raise FileNotFoundError(f"{src}: no such file to log as an artifact")
+        kind = "model" if src.suffix in MODEL_SUFFIXES else "file"
+        name = _artifact_name(f"{artifact_path or src.stem}-{self.run.id}")
+        artifact = self._wandb.Artifact(name, type=kind, metadata={"source": src.name})
+        if src.is_dir():
+            artifact.add_dir(str(src))
+        else:
+            artifact.add_file(str(src))
+        self.run.log_artifact(artifact)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.run.config.update(
+            {f"tags.{k}": str(v) for k, v in tags.items()}, allow_val_change=True
+        )
+
+    def run_ids(self) -> dict[str, str]:
+        return {"wandb": self.run.id}
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
