@@ -1,0 +1,53 @@
+"""``ssr evaluate``: score a checkpoint on a split of the processed data set."""
+
+from __future__ import annotations
+
+import argparse
+
+from ssr.cli import add_config_args, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a checkpoint: metrics.json, confusion_matrix.png, predictions.json",
+        description="Evaluate CHECKPOINT on a split of data.processed_dir. The model is rebuilt "
+        "from the config stored in the checkpoint.",
+    )
+    add_config_args(parser)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (.pth)")
+    parser.add_argument("--split", default="test", help="train, val or test (default: test)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: <training.output_dir>/evaluation/<split>)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssr.evaluation import default_out_dir, evaluate
+    from ssr.tracking.base import open_tracker
+
+    cfg = config_from_args(args)
+    out = args.out or default_out_dir(cfg.training.output_dir, args.split)
+    tracker = open_tracker(cfg, job="evaluate")
+    status = "FAILED"
+    try:
+        result = evaluate(
+            args.checkpoint,
+            args.split,
+            cfg.data.processed_dir,
+            out,
+            tracker=tracker,
+            batch_size=cfg.training.batch_size,
+            device=cfg.training.device,
+        )
+        status = "FINISHED"
+    finally:
+        tracker.finish(status)
+    print(
+        f"{args.split}: accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}, "
+        f"loss {result.loss:.4f} ({result.num_samples} utterances) -> {out}"
+    )
+    return 0

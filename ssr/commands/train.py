@@ -1,0 +1,44 @@
+"""``ssr train``: train the spatiotemporal transformer on the processed data set."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ssr.cli import add_config_args, config_from_args
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the model (single process or under torchrun)",
+        description="Train on data.processed_dir; checkpoints go to training.checkpoint_dir, "
+        "plots to training.output_dir. Launch under `torchrun` for DistributedDataParallel.",
+    )
+    add_config_args(parser)
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="PATH|auto",
+        help="continue from a checkpoint; `auto` uses last.pth in training.checkpoint_dir "
+        "when present, else starts fresh",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssr.training import run_training
+
+    cfg = config_from_args(args)
+    result = run_training(cfg, resume=args.resume)
+    log.info(
+        "done after %d epochs%s: best val loss %.4f at epoch %d; best checkpoint %s",
+        result.epochs_run,
+        " (early stop)" if result.stopped_early else "",
+        result.best_val_loss,
+        result.best_epoch,
+        result.best_checkpoint,
+    )
+    return 0

@@ -1,0 +1,148 @@
+"""The spatiotemporal transformer over (frames, electrodes, spectral bins) EMG features.
+
+Each electrode's ``input_size`` bins are projected to ``hidden_size`` by one shared linear
+layer, plus a learned electrode embedding and a sinusoidal frame position encoding. Each of the
+``num_layers`` blocks attends first across the electrodes of one frame (spatial), then across
+the frames of one electrode (temporal, padding masked). A masked mean over valid frames and
+electrodes feeds the classifier, so padding never changes the output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssr.config import ModelConfig
+from ssr.errors import DataError
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm transformer layer: self-attention then a feed-forward network, both residual."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.attn_norm = nn.LayerNorm(hidden_size)
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.attn_out = nn.Linear(hidden_size, hidden_size)
+        self.ff_norm = nn.LayerNorm(hidden_size)
+        self.ff_in = nn.Linear(hidden_size, 4 * hidden_size)
+        self.ff_out = nn.Linear(4 * hidden_size, hidden_size)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x`` (N, S, H); ``key_padding_mask`` (N, S) bool, True = ignore that key."""
+        n, s, h = x.shape
+        q, k, v = (
+            self.qkv(self.attn_norm(x))
+            .view(n, s, 3, self.num_heads, h // self.num_heads)
+            .permute(2, 0, 3, 1, 4)
+        )
+        attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        x = x + self.drop(self.attn_out(a.transpose(1, 2).reshape(n, s, h)))
+        return x + self.drop(self.ff_out(self.drop(F.gelu(self.ff_in(self.ff_norm(x))))))
+
+
+class FactorisedBlock(nn.Module):
+    """Spatial attention across electrodes within each frame, then temporal across frames."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.spatial = AttentionBlock(hidden_size, num_heads, dropout)
+        self.temporal = AttentionBlock(hidden_size, num_heads, dropout)
+
+    def forward(self, h: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """``h`` (B, T, C, H); ``padding_mask`` (B, T) bool, True = padding frame."""
+        b, t, c, d = h.shape
+        h = self.spatial(h.reshape(b * t, c, d)).view(b, t, c, d)
+        ht = h.permute(0, 2, 1, 3).reshape(b * c, t, d)
+        ht = self.temporal(ht, padding_mask.repeat_interleave(c, dim=0))
+        return ht.view(b, c, t, d).permute(0, 2, 1, 3)
+
+
+def sinusoidal_encoding(max_frames: int, hidden_size: int) -> torch.Tensor:
+    """The (max_frames, hidden_size) sine/cosine position table."""
+    pos = torch.arange(max_frames, dtype=torch.float32)[:, None]
+    freq = torch.exp(
+        torch.arange(0, hidden_size, 2, dtype=torch.float32) * (-math.log(10000.0) / hidden_size)
+    )
+    table = torch.zeros(max_frames, hidden_size)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: hidden_size // 2])
+    return table
+
+
+class SpatiotemporalTransformer(nn.Module):
+    """Classify a padded batch ``x`` (B, T, C, F) of utterances into ``num_classes`` words."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"need at least 2 classes, got {num_classes}")
+        self.cfg = cfg.model_copy()
+        self.num_classes = num_classes
+        h = cfg.hidden_size
+        self.input_proj = nn.Linear(cfg.input_size, h)
+        self.electrode_embedding = nn.Embedding(cfg.num_channels, h)
+        self.register_buffer(
+            "position_encoding", sinusoidal_encoding(cfg.max_frames, h), persistent=False
+        )
+        self.input_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            FactorisedBlock(h, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers)
+        )
+        self.final_norm = nn.LayerNorm(h)
+        self.classifier = nn.Linear(h, num_classes)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise DataError when ``x`` does not fit this model's shape or ``max_frames``."""
+        if x.ndim != 4:
+            raise DataError(
+                f"model input must be (batch, frames, channels, bins), got {tuple(x.shape)}"
+            )
+        _, t, c, f = x.shape
+        if c != self.cfg.num_channels or f != self.cfg.input_size:
+            raise DataError(
+                f"model expects {self.cfg.num_channels} channels x {self.cfg.input_size} bins, "
+                f"data has {c} x {f}"
+            )
+        if t > self.cfg.max_frames:
+            raise DataError(
+                f"utterance of {t} frames exceeds model.max_frames={self.cfg.max_frames}; "
+                "raise model.max_frames (and retrain) or split long recordings"
+            )
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, num_classes); ``padding_mask`` (B, T) bool, True = padding frame."""
+        self.check_input(x)
+        b, t, c, _ = x.shape
+        if padding_mask is None:
+            padding_mask = torch.zeros(b, t, dtype=torch.bool, device=x.device)
+        pos = self.position_encoding[:t].to(x.dtype)
+        h = self.input_proj(x) + self.electrode_embedding.weight + pos[None, :, None, :]
+        h = self.input_dropout(h)
+        for block in self.blocks:
+            h = block(h, padding_mask)
+        h = self.final_norm(h).mean(dim=2)  # over electrodes -> (B, T, H)
+        valid = (~padding_mask).to(h.dtype)[..., None]
+        pooled = (h * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
+        return self.classifier(pooled)
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """The model described by ``cfg`` with a ``num_classes``-way classifier."""
+    return SpatiotemporalTransformer(cfg, num_classes)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,483 @@
+"""The training loop: AdamW, label smoothing, gradient clipping, LR plateau schedule, early
+stopping, checkpoints that resume exactly, validation plots, tracking, single process or DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import platform
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from tqdm import tqdm
+
+from ssr.config import Config
+from ssr.data.processed import ProcessedSplit, collate
+from ssr.errors import CheckpointError, ConfigError
+from ssr.evaluation import accuracy, confusion_matrix, macro_f1, predict
+from ssr.model import build_model, parameter_count
+from ssr.plots import plot_confusion_matrix, plot_predictions
+from ssr.tracking.base import NullTracker, Tracker
+from ssr.training import distributed
+from ssr.training.checkpoint import BEST, LAST, epoch_name, save_checkpoint
+from ssr.training.early_stopping import EarlyStopping
+from ssr.training.runtime import (
+    OOM_ADVICE,
+    TrainingError,
+    TrainingOOMError,
+    autocast,
+    autocast_dtype,
+    git_commit,
+    is_oom,
+    rng_state,
+    seed_everything,
+    select_device,
+    set_rng_state,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+NUM_VIZ_EXAMPLES = 4
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` achieved."""
+
+    best_val_loss: float
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    best_checkpoint: str | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    stop_requested: bool = False
+
+
+def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> float:
+    """Scale gradients so their total L2 norm is at most ``max_norm``; return the norm before."""
+    return float(nn.utils.clip_grad_norm_(list(parameters), max_norm))
+
+
+def grad_norm(parameters: Iterable[nn.Parameter]) -> float:
+    """Total L2 norm of the gradients present."""
+    norms = [p.grad.detach().norm(2) for p in parameters if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms), 2)) if norms else 0.0
+
+
+class Trainer:
+    """Train the model in ``cfg`` on ``cfg.data.processed_dir``; see :meth:`fit`."""
+
+    def __init__(self, cfg: Config, tracker: Tracker | None = None) -> None:
+        self.cfg = cfg
+        self.tracker: Tracker = tracker or NullTracker()
+        self.device = select_device(cfg.training.device)
+        self.dist = distributed.setup(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.amp_dtype = autocast_dtype(cfg.training.precision, self.device)
+        self._stop = False
+        self.global_step = 0
+        self.epoch = 0
+
+    # -- stopping on request (e.g. a SIGTERM handler) ------------------------------------------
+    def request_stop(self) -> None:
+        """Finish the current epoch (validate, checkpoint), then return from :meth:`fit`."""
+        self._stop = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
+    # -- set-up --------------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        root = self.cfg.data.processed_dir
+        self.train_set = ProcessedSplit(root, "train")
+        self.val_set = ProcessedSplit(root, "val")
+        manifest = self.train_set.manifest
+        self.manifest = manifest
+        self.labels: list[str] = list(manifest["labels"])
+        for key in ("num_channels", "input_size"):
+            if key in manifest and int(manifest[key]) != getattr(self.cfg.model, key):
+                raise ConfigError(
+                    f"{root}/manifest.json: {key}={manifest[key]} but model.{key}="
+                    f"{getattr(self.cfg.model, key)}; set model.{key}={manifest[key]}"
+                )
+        longest = int(max(self.train_set.lengths.max(), self.val_set.lengths.max()))
+        if longest > self.cfg.model.max_frames:
+            raise ConfigError(
+                f"{root}: longest utterance has {longest} frames > model.max_frames="
+                f"{self.cfg.model.max_frames}; set model.max_frames={longest} or more"
+            )
+
+    def _loaders(self) -> None:
+        tc = self.cfg.training
+        workers = tc.num_workers
+        common: dict[str, Any] = {
+            "batch_size": tc.batch_size,
+            "collate_fn": collate,
+            "num_workers": workers,
+            "pin_memory": self.device.type == "cuda",
+            "persistent_workers": workers > 0,
+        }
+        # The sampler's generator decides the shuffles and is checkpointed; the loader's own
+        # generator only seeds worker processes (which draw nothing), so resume stays exact.
+        self.sampler_generator = torch.Generator().manual_seed(tc.seed)
+        self.loader_generator = torch.Generator().manual_seed(tc.seed + 1)
+        if self.dist.enabled:
+            self.train_sampler: Any = DistributedSampler(
+                self.train_set,
+                num_replicas=self.dist.world_size,
+                rank=self.dist.rank,
+                shuffle=True,
+                seed=tc.seed,
+            )
+        else:
+            self.train_sampler = RandomSampler(self.train_set, generator=self.sampler_generator)
+        self.train_loader = DataLoader(
+            self.train_set, sampler=self.train_sampler, generator=self.loader_generator, **common
+        )
+        # Validation is sharded without padding and gathered, so metrics count each once.
+        val_part = Subset(
+            self.val_set, range(self.dist.rank, len(self.val_set), self.dist.world_size)
+        )
+        self.val_loader = DataLoader(val_part, shuffle=False, **common)
+
+    def _build(self) -> None:
+        tc = self.cfg.training
+        self.model = build_model(self.cfg.model, len(self.labels)).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=tc.lr_factor, patience=tc.lr_patience
+        )
+        self.early_stopping = EarlyStopping(tc.patience)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+        net: nn.Module = self.model
+        if tc.compile:
+            net = torch.compile(net)  # type: ignore[assignment]
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=ids)
+        self.train_model = net
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly, as plain containers and tensors."""
+        return {
+            "version": CHECKPOINT_VERSION,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "early_stopping": self.early_stopping.state_dict(),
+            "best_val_loss": self.early_stopping.best,
+            "best_epoch": self.early_stopping.best_epoch,
+            "rng": rng_state(),
+            "sampler_generator": self.sampler_generator.get_state(),
+            "loader_generator": self.loader_generator.get_state(),
+            "config": self.cfg.model_dump(),
+            "labels": list(self.labels),
+            "data_fingerprint": str(self.manifest.get("fingerprint", "")),
+            "tracking": dict(self.tracker.run_ids()),
+            "history": list(self.history),
+            "world_size": self.dist.world_size,
+        }
+
+    def _restore(self, state: dict[str, Any], source: str) -> None:
+        missing = [
+            k
+            for k in (
+                "model",
+                "optimizer",
+                "scheduler",
+                "early_stopping",
+                "epoch",
+                "rng",
+                "labels",
+                "config",
+            )
+            if k not in state
+        ]
+        if missing:
+            raise CheckpointError(f"{source}: not a resumable ssr checkpoint (missing {missing})")
+        if list(state["labels"]) != self.labels:
+            raise CheckpointError(
+                f"{source}: labels {list(state['labels'])} differ from the data set's {self.labels}"
+            )
+        stored = state["config"].get("model", {})
+        current = self.cfg.model.model_dump()
+        diff = sorted(k for k in current if k != "dropout" and stored.get(k) != current[k])
+        if diff:
+            changes = ", ".join(f"model.{k}: {stored.get(k)} -> {current[k]}" for k in diff)
+            raise CheckpointError(f"{source}: model config differs from the checkpoint ({changes})")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{source}: cannot restore model/optimizer: {exc}") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.early_stopping.load_state_dict(state["early_stopping"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state.get("global_step", 0))
+        self.history = list(state.get("history", []))
+        set_rng_state(state["rng"])
+        self.sampler_generator.set_state(state["sampler_generator"])
+        self.loader_generator.set_state(state["loader_generator"])
+        log.info(
+            "resumed from %s at epoch %d (step %d, best val loss %.4f)",
+            source,
+            self.epoch,
+            self.global_step,
+            self.early_stopping.best,
+        )
+
+    def _save(self, improved: bool) -> None:
+        ckdir = self.cfg.training.checkpoint_dir
+        state = self.state()
+        save_checkpoint(state, ckdir, LAST)
+        if improved:
+            self.best_checkpoint = save_checkpoint(state, ckdir, BEST)
+        if self.epoch % self.cfg.training.save_interval == 0:
+            save_checkpoint(state, ckdir, epoch_name(self.epoch))
+
+    # -- one epoch -----------------------------------------------------------------------------
+    def train_epoch(self) -> float:
+        """One pass over the training set; returns the mean training loss of this rank."""
+        tc = self.cfg.training
+        self.train_model.train()
+        if isinstance(self.train_sampler, DistributedSampler):
+            self.train_sampler.set_epoch(self.epoch)
+        total, count = 0.0, 0
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {self.epoch}/{tc.num_epochs}",
+            leave=False,
+            disable=not self.dist.is_main,
+        )
+        for batch in bar:
+            batch = batch.to(self.device, non_blocking=True)
+            with autocast(self.device, self.amp_dtype):
+                logits = self.train_model(batch.x, batch.padding_mask())
+            loss = self.criterion(logits.float(), batch.labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_gradients(self.model.parameters(), tc.grad_clip)
+            self.optimizer.step()
+            self.global_step += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"training loss became {value} at step {self.global_step}; lower "
+                    "training.learning_rate or training.grad_clip, or check the data"
+                )
+            total += value * len(batch.labels)
+            count += len(batch.labels)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if self.global_step % tc.log_interval == 0 and self.dist.is_main:
+                lr = self.optimizer.param_groups[0]["lr"]
+                log.info(
+                    "epoch %d step %d loss %.4f lr %.3g", self.epoch, self.global_step, value, lr
+                )
+                self.tracker.log_metrics(
+                    {"train/loss": value, "train/lr": lr}, step=self.global_step
+                )
+        return total / max(count, 1)
+
+    def validate(self) -> dict[str, Any]:
+        """Loss, accuracy and macro-F1 on the whole validation set (gathered over ranks)."""
+        out = predict(
+            self.model,
+            self.val_loader,
+            self.device,
+            self.amp_dtype,
+            label_smoothing=self.cfg.training.label_smoothing,
+        )
+        parts = distributed.gather_objects(out)
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in out}
+        cm = confusion_matrix(merged["true"], merged["pred"], len(self.labels))
+        return {
+            "loss": float(merged["loss"].mean()),
+            "accuracy": accuracy(cm),
+            "macro_f1": macro_f1(cm),
+            "y_true": merged["true"],
+            "y_pred": merged["pred"],
+            "confidence": merged["confidence"],
+            "confusion_matrix": cm,
+        }
+
+    def _visualise(self, val: dict[str, Any]) -> None:
+        outdir = Path(self.cfg.training.output_dir)
+        step = self.epoch
+        cm_path = plot_confusion_matrix(
+            val["confusion_matrix"],
+            self.labels,
+            outdir / f"confusion_matrix_epoch_{step}.png",
+            title=f"Validation confusion matrix, epoch {step}",
+        )
+        # Utterances 0..k-1 of the validation set, which is rank 0's shard start in order.
+        k = min(NUM_VIZ_EXAMPLES, len(self.val_set))
+        order = [
+            i
+            for r in range(self.dist.world_size)
+            for i in range(r, len(self.val_set), self.dist.world_size)
+        ]
+        pos = {orig: j for j, orig in enumerate(order)}
+        feats = [self.val_set[i][0].numpy() for i in range(k)]
+        idx = [pos[i] for i in range(k)]
+        pred_path = plot_predictions(
+            feats,
+            [int(val["y_true"][j]) for j in idx],
+            [int(val["y_pred"][j]) for j in idx],
+            [float(val["confidence"][j]) for j in idx],
+            self.labels,
+            outdir / f"predictions_epoch_{step}.png",
+        )
+        self.tracker.log_confusion_matrix(
+            val["y_true"].tolist(),
+            val["y_pred"].tolist(),
+            self.labels,
+            key="val/confusion_matrix",
+            step=step,
+        )
+        self.tracker.log_image(cm_path, key="val/confusion_matrix", step=step)
+        self.tracker.log_image(pred_path, key="val/predictions", step=step)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(
+        self, resume: str | None = None, resume_state: dict[str, Any] | None = None
+    ) -> TrainResult:
+        """Train until ``num_epochs``, early stopping, or :meth:`request_stop`.
+
+        ``resume`` is a checkpoint path (already loaded as ``resume_state`` if given).
+        """
+        with self._oom_guard():
+            return self._fit(resume, resume_state)
+
+    @contextlib.contextmanager
+    def _oom_guard(self) -> Iterator[None]:
+        try:
+            yield
+        except (RuntimeError, MemoryError) as exc:
+            if is_oom(exc):
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise TrainingOOMError(f"{OOM_ADVICE} ({str(exc).splitlines()[0]})") from None
+            raise
+
+    def _fit(self, resume: str | None, resume_state: dict[str, Any] | None) -> TrainResult:
+        tc = self.cfg.training
+        seed_everything(tc.seed)
+        self._load_data()
+        self._build()
+        self._loaders()
+        self.history: list[dict[str, float]] = []
+        self.best_checkpoint: str | None = None
+        if resume is not None or resume_state is not None:
+            if resume_state is None:
+                from ssr.training.checkpoint import load_checkpoint
+
+                resume_state = load_checkpoint(resume)  # type: ignore[arg-type]
+            self._restore(resume_state, resume or "<resume state>")
+            best = Path(tc.checkpoint_dir) / BEST
+            self.best_checkpoint = str(best) if best.is_file() else None
+        main = self.dist.is_main
+        if main:
+            self.tracker.log_params(self.cfg.flat())
+            self.tracker.set_tags(
+                {
+                    "data.fingerprint": str(self.manifest.get("fingerprint", "")),
+                    "device": f"{self.device.type}"
+                    + (
+                        f" ({torch.cuda.get_device_name(self.device)})"
+                        if self.device.type == "cuda"
+                        else f" ({platform.processor() or 'cpu'})"
+                    ),
+                    "git_commit": git_commit(),
+                    "torch": torch.__version__,
+                    "world_size": str(self.dist.world_size),
+                    "precision": "bf16" if self.amp_dtype is torch.bfloat16 else "fp32",
+                }
+            )
+            log.info(
+                "model: %.2f M parameters, %d classes, device %s, %s, world size %d",
+                parameter_count(self.model) / 1e6,
+                len(self.labels),
+                self.device,
+                "bf16 autocast" if self.amp_dtype else "fp32",
+                self.dist.world_size,
+            )
+        stopped_early = self.early_stopping.should_stop
+        while self.epoch < tc.num_epochs and not stopped_early and not self._stop:
+            self.epoch += 1
+            train_loss = self.train_epoch()
+            val = self.validate()
+            self.scheduler.step(val["loss"])
+            improved = self.early_stopping.step(val["loss"], self.epoch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            row = {
+                "epoch": self.epoch,
+                "train_loss": train_loss,
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "val_macro_f1": val["macro_f1"],
+                "lr": lr,
+            }
+            self.history.append(row)
+            if main:
+                log.info(
+                    "epoch %d: train loss %.4f, val loss %.4f, val acc %.3f, macro-F1 %.3f, "
+                    "lr %.3g%s",
+                    self.epoch,
+                    train_loss,
+                    val["loss"],
+                    val["accuracy"],
+                    val["macro_f1"],
+                    lr,
+                    " (best)" if improved else "",
+                )
+                self.tracker.log_metrics(
+                    {
+                        "val/loss": val["loss"],
+                        "val/accuracy": val["accuracy"],
+                        "val/macro_f1": val["macro_f1"],
+                        "lr": lr,
+                        "epoch": self.epoch,
+                    },
+                    step=self.epoch,
+                )
+                if self.epoch % tc.viz_interval == 0:
+                    self._visualise(val)
+                self._save(improved)
+            stopped_early = self.early_stopping.should_stop
+            self._stop = distributed.any_true(self._stop, self.device)
+            distributed.barrier()
+        if stopped_early and main:
+            log.info(
+                "early stopping: no val-loss improvement for %d epochs (best %.4f at epoch %d)",
+                tc.patience,
+                self.early_stopping.best,
+                self.early_stopping.best_epoch,
+            )
+        if main and self.best_checkpoint:
+            self.tracker.log_artifact(self.best_checkpoint, artifact_path="checkpoints")
+        return TrainResult(
+            best_val_loss=self.early_stopping.best,
+            best_epoch=self.early_stopping.best_epoch,
+            epochs_run=self.epoch,
+            stopped_early=stopped_early,
+            best_checkpoint=self.best_checkpoint,
+            history=list(self.history),
+            stop_requested=self._stop,
+        )
