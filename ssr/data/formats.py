@@ -1,0 +1,214 @@
+"""Raw EMG recording formats: the native ``.npz`` per utterance and the Gaddy & Klein layout.
+
+Native (this project): one ``.npz`` per utterance holding ``emg`` float32 (time, channels),
+``label`` (0-d str) and ``sampling_rate`` (0-d float). A split directory holds such files at
+any depth.
+
+Gaddy & Klein (silent speech data set): one folder per session with ``{i}_emg.npy`` (time, 8)
+at 1000 Hz and ``{i}_info.json`` beside it whose ``text`` is the label. Entries with
+``sentence_index`` -1 are silence and skipped; audio and button files are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from ssr.errors import DataError
+from ssr.fsutil import atomic_path
+
+Format = Literal["native", "gaddy"]
+GADDY_SAMPLING_RATE = 1000.0
+_GADDY_INFO = re.compile(r"^(\d+)_info\.json$")
+# Fixed zip timestamp so the same arrays always give byte-identical files.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass
+class Utterance:
+    """One raw recording: ``emg`` (time, channels), its word ``label`` and where it came from."""
+
+    path: str
+    emg: np.ndarray
+    label: str
+    sampling_rate: float
+
+    @property
+    def seconds(self) -> float:
+        return self.emg.shape[0] / self.sampling_rate
+
+
+def write_native(
+    path: str | os.PathLike[str], emg: np.ndarray, label: str, sampling_rate: float
+) -> Path:
+    """Write one utterance as a native ``.npz`` atomically (byte-identical for equal input)."""
+    emg = np.ascontiguousarray(emg, dtype=np.float32)
+    if emg.ndim != 2:
+        raise ValueError(f"emg must be 2-D (time, channels), got shape {emg.shape}")
+    arrays = {
+        "emg": emg,
+        "label": np.array(str(label)),
+        "sampling_rate": np.array(float(sampling_rate), dtype=np.float64),
+    }
+    target = Path(path)
+    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, arr, allow_pickle=False)
+    return target
+
+
+def _scalar(value: np.ndarray, kind: type, path: Path, key: str) -> Any:
+    if value.ndim != 0:
+        raise DataError(f"{path}: {key!r} must be a 0-d array, got shape {value.shape}")
+    try:
+        return kind(value.item())
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: {key!r} is not a {kind.__name__}: {value.item()!r}") from None
+
+
+def read_native(path: str | os.PathLike[str]) -> Utterance:
+    """Read a native ``.npz`` utterance; unreadable or incomplete files raise :class:`DataError`."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            missing = {"emg", "label", "sampling_rate"} - keys
+            if missing:
+                raise DataError(f"{path}: missing array(s) {sorted(missing)} (label is required)")
+            emg = npz["emg"]
+            label_arr = npz["label"]
+            rate_arr = npz["sampling_rate"]
+    except DataError:
+        raise
+    except Exception as exc:  # zip, header or truncated-data errors all mean "unreadable"
+        raise DataError(
+            f"{path}: unreadable or truncated .npz ({type(exc).__name__}: {exc})"
+        ) from None
+    label = _scalar(label_arr, str, path, "label").strip()
+    if not label:
+        raise DataError(f"{path}: empty label")
+    rate = _scalar(rate_arr, float, path, "sampling_rate")
+    return Utterance(str(path), emg, label, rate)
+
+
+def _progress(items: list[Path], desc: str | None) -> Any:
+    return tqdm(items, desc=desc, unit="file", disable=desc is None, leave=False)
+
+
+def read_native_dir(root: str | os.PathLike[str], progress: str | None = None) -> list[Utterance]:
+    """All ``*.npz`` utterances under ``root`` (recursively), in sorted path order.
+
+    ``progress`` is the label of a tqdm progress bar (none when None).
+    """
+    return [read_native(p) for p in _progress(sorted(Path(root).rglob("*.npz")), progress)]
+
+
+def write_gaddy(
+    session_dir: str | os.PathLike[str],
+    index: int,
+    emg: np.ndarray,
+    label: str,
+    sentence_index: int = 0,
+    extra_info: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``{index}_emg.npy`` and ``{index}_info.json`` in a Gaddy-layout session folder.
+
+    ``sentence_index=-1`` marks a silence entry (readers skip it). Returns the ``.npy`` path.
+    """
+    session = Path(session_dir)
+    emg_path = session / f"{index}_emg.npy"
+    info = {"book": "", "sentence_index": int(sentence_index), "text": str(label)}
+    info.update(extra_info or {})
+    with atomic_path(emg_path) as tmp, open(tmp, "wb") as fh:
+        np.lib.format.write_array(fh, np.ascontiguousarray(emg), allow_pickle=False)
+    with atomic_path(session / f"{index}_info.json") as tmp:
+        tmp.write_text(json.dumps(info, sort_keys=True) + "\n")
+    return emg_path
+
+
+def _read_gaddy_entry(info_path: Path) -> Utterance | None:
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{info_path}: unreadable info JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{info_path}: info JSON must be an object")
+    if info.get("sentence_index") == -1:
+        return None
+    label = info.get("text")
+    if not isinstance(label, str) or not label.strip():
+        raise DataError(f"{info_path}: missing label (no non-empty 'text' field)")
+    index = _GADDY_INFO.match(info_path.name)[1]  # type: ignore[index]
+    emg_path = info_path.with_name(f"{index}_emg.npy")
+    if not emg_path.is_file():
+        raise DataError(f"{emg_path}: missing EMG file for {info_path.name}")
+    try:
+        emg = np.load(emg_path, allow_pickle=False)
+    except Exception as exc:
+        raise DataError(
+            f"{emg_path}: unreadable or truncated .npy ({type(exc).__name__}: {exc})"
+        ) from None
+    rate = float(info.get("sampling_rate", GADDY_SAMPLING_RATE))
+    return Utterance(str(emg_path), emg, label.strip(), rate)
+
+
+def _gaddy_sort_key(path: Path) -> tuple[str, int]:
+    return (str(path.parent), int(_GADDY_INFO.match(path.name)[1]))  # type: ignore[index]
+
+
+def gaddy_info_files(root: str | os.PathLike[str]) -> list[Path]:
+    """The ``{i}_info.json`` files under ``root``, by folder then numeric index."""
+    found = [p for p in Path(root).rglob("*_info.json") if _GADDY_INFO.match(p.name)]
+    return sorted(found, key=_gaddy_sort_key)
+
+
+def read_gaddy_dir(root: str | os.PathLike[str], progress: str | None = None) -> list[Utterance]:
+    """All non-silence utterances of a Gaddy-layout tree (one folder per session)."""
+    out = []
+    for info_path in _progress(gaddy_info_files(root), progress):
+        utt = _read_gaddy_entry(info_path)
+        if utt is not None:
+            out.append(utt)
+    return out
+
+
+def detect_format(root: str | os.PathLike[str]) -> Format:
+    """``gaddy`` when ``root`` holds ``{i}_info.json`` files, ``native`` when it holds ``.npz``."""
+    root = Path(root)
+    has_gaddy = any(_GADDY_INFO.match(p.name) for p in root.rglob("*_info.json"))
+    has_native = next(root.rglob("*.npz"), None) is not None
+    if has_gaddy and has_native:
+        raise DataError(
+            f"{root}: holds both .npz files and Gaddy *_info.json files; set data.format"
+        )
+    if has_gaddy:
+        return "gaddy"
+    if has_native:
+        return "native"
+    raise DataError(f"{root}: no utterances found (no .npz files, no Gaddy *_info.json files)")
+
+
+def read_dir(
+    root: str | os.PathLike[str], fmt: str = "auto", progress: str | None = None
+) -> list[Utterance]:
+    """Read every utterance under ``root`` in format ``fmt`` (``auto``, ``native`` or ``gaddy``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: split directory not found")
+    if fmt == "auto":
+        fmt = detect_format(root)
+    if fmt == "native":
+        return read_native_dir(root, progress)
+    if fmt == "gaddy":
+        return read_gaddy_dir(root, progress)
+    raise DataError(f"{root}: unknown data format {fmt!r} (expected auto, native or gaddy)")
