@@ -135,6 +135,9 @@ class RegistryConfig(_Section):
     min_accuracy: float = Field(0.5, ge=0, le=1)
     margin: float = Field(0.0, ge=0, le=1)
     p_value: float = Field(0.05, gt=0, le=1)
+    log_pytorch_model: bool = Field(
+        True, description="also log the network in MLflow's PyTorch flavour (torch.export pt2)"
+    )
 
 
 class Config(_Section):
