@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Make the Dockerfile's default base image locally from Debian packages, for hosts that cannot
+# pull from an image registry (air-gapped builds, CI without registry access).
+#
+#   docker/build-base.sh [IMAGE_NAME]
+#
+# IMAGE_NAME defaults to the name the Dockerfile's BASE_IMAGE expects
+# (docker.io/library/debian:bookworm-slim). Nothing is rebuilt when that image already exists.
+# Needs root and debootstrap. Environment: DOCKER (container CLI, default podman; may carry
+# global flags, e.g. "podman --storage-driver=vfs"), SUITE (default bookworm),
+# DEBIAN_MIRROR (default http://deb.debian.org/debian).
+set -euo pipefail
+
+name="${1:-docker.io/library/debian:bookworm-slim}"
+read -r -a docker <<<"${DOCKER:-podman}"
+suite="${SUITE:-bookworm}"
+mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+if "${docker[@]}" image inspect "$name" >/dev/null 2>&1; then
+  echo "base image $name exists; not rebuilding"
+  exit 0
+fi
+command -v debootstrap >/dev/null || { echo "error: debootstrap is not installed" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "error: debootstrap needs root" >&2; exit 1; }
+
+rootfs="$(mktemp -d "${TMPDIR:-/tmp}/ssr-base.XXXXXX")"
+trap 'rm -rf "$rootfs"' EXIT
+
+echo "debootstrap $suite from $mirror into $rootfs"
+debootstrap --variant=minbase "$suite" "$rootfs" "$mirror"
+# Keep the image small: no package caches or lists (the Dockerfile runs apt-get update itself).
+rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+  "$rootfs"/var/log/* "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*
+tar -C "$rootfs" --numeric-owner -c . | "${docker[@]}" import - "$name"
+echo "imported base image $name"
