@@ -246,11 +246,14 @@ class Trainer:
     def _save(self, improved: bool) -> None:
         ckdir = self.cfg.training.checkpoint_dir
         state = self.state()
-        save_checkpoint(state, ckdir, LAST)
-        if improved:
-            self.best_checkpoint = save_checkpoint(state, ckdir, BEST)
+        names = [LAST] + ([BEST] if improved else [])
         if self.epoch % self.cfg.training.save_interval == 0:
-            save_checkpoint(state, ckdir, epoch_name(self.epoch))
+            names.append(epoch_name(self.epoch))
+        for name in names:
+            path = save_checkpoint(state, ckdir, name)
+            if name == BEST:
+                self.best_checkpoint = path
+        log.info("epoch %d: saved %s in %s", self.epoch, ", ".join(names), ckdir)
 
     # -- one epoch -----------------------------------------------------------------------------
     def train_epoch(self) -> float:
