@@ -42,3 +42,92 @@ lock: setup ## re-pin constraints.txt from the current venv
 
 clean: ## remove build output, caches and local run outputs (not data you made)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+
+# ---- containers and Kubernetes ---------------------------------------------------------------
+# Builds with any Docker-compatible CLI: make images DOCKER=podman. Global CLI flags go in DOCKER
+# ("podman --storage-driver=vfs"), per-command flags in DOCKER_BUILD_FLAGS / DOCKER_RUN_FLAGS.
+DOCKER ?= docker
+DOCKER_BUILD_FLAGS ?=
+DOCKER_RUN_FLAGS ?=
+GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+MLFLOW_IMAGE ?= $(IMAGE_REGISTRY)/ssr-mlflow:$(VERSION)
+TORCH_VERSION ?= 2.13.0
+# Where `make wheelhouse` looks for the CPU torch wheel (besides pip's configured indexes).
+TORCH_CPU_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+# PyPI's Linux torch wheels are CUDA builds that bundle the CUDA runtime.
+CUDA_TORCH_INDEX_URL ?= https://pypi.org/simple
+WHEELHOUSE := docker/wheelhouse
+BUILD_ARGS = --build-arg VERSION=$(VERSION) --build-arg GIT_COMMIT=$(GIT_COMMIT)
+# component-local: the raw data folder (train/val/test) mounted read-only at /data; everything
+# the component writes lands in OUTPUTS_DIR, mounted at /outputs.
+COMPONENT ?= preprocess
+DATA_DIR ?= $(CURDIR)/data
+OUTPUTS_DIR ?= $(CURDIR)/local_outputs
+CHECKPOINT ?= /outputs/checkpoints/best_model.pth
+ARGS ?=
+SHM_SIZE ?= 2g
+GPU_FLAGS ?=
+K8S_OVERLAYS ?= dev production
+# The container user: yours, so outputs stay yours; uid 1000 (the image's user) when run as root.
+RUN_USER ?= $(if $(filter 0,$(shell id -u)),1000:1000,$(shell id -u):$(shell id -g))
+IN_CONFIG := --config /opt/ssr/configs/training_config.yaml
+IN_PATHS := data.train_dir=/data/train data.val_dir=/data/val data.test_dir=/data/test \
+	data.processed_dir=/outputs/processed training.checkpoint_dir=/outputs/checkpoints \
+	training.output_dir=/outputs/outputs tracking.wandb.dir=/outputs
+COMPONENT_CMD_preprocess = preprocess $(IN_CONFIG) $(IN_PATHS)
+COMPONENT_CMD_train = train $(IN_CONFIG) $(IN_PATHS)
+COMPONENT_CMD_evaluate = evaluate $(IN_CONFIG) --checkpoint $(CHECKPOINT) $(IN_PATHS)
+
+.PHONY: images image-cpu image-cuda image-mlflow push wheelhouse component-local k8s-render
+
+images: image-cpu image-cuda image-mlflow ## build the CPU, CUDA and MLflow server images
+
+wheelhouse: ## put the CPU torch wheel in docker/wheelhouse (the CPU image installs torch from it)
+	@mkdir -p $(WHEELHOUSE)
+	@if ls $(WHEELHOUSE)/torch-$(TORCH_VERSION)*.whl >/dev/null 2>&1; then \
+	  echo "$(WHEELHOUSE): torch $(TORCH_VERSION) present"; \
+	else \
+	  $(BIN)/pip download "torch==$(TORCH_VERSION)" --no-deps --only-binary=:all: \
+	    --python-version 3.11 --platform manylinux_2_28_x86_64 \
+	    --extra-index-url $(TORCH_CPU_INDEX_URL) -d $(WHEELHOUSE); \
+	fi
+
+image-cpu: wheelhouse ## build the CPU image IMAGE (torch from the wheelhouse)
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile $(BUILD_ARGS) -t $(IMAGE) .
+
+image-cuda: ## build the CUDA image CUDA_IMAGE (torch from CUDA_TORCH_INDEX_URL)
+	@mkdir -p $(WHEELHOUSE)
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile $(BUILD_ARGS) \
+	  --build-arg TORCH_INDEX_URL=$(CUDA_TORCH_INDEX_URL) -t $(CUDA_IMAGE) .
+
+image-mlflow: ## build MLFLOW_IMAGE, the tracking server the k8s manifests deploy
+	@mkdir -p $(WHEELHOUSE)
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile $(BUILD_ARGS) \
+	  --target mlflow-server -t $(MLFLOW_IMAGE) .
+
+push: ## push the three images (registry and tag from IMAGE_REGISTRY and VERSION)
+	$(DOCKER) push $(IMAGE)
+	$(DOCKER) push $(CUDA_IMAGE)
+	$(DOCKER) push $(MLFLOW_IMAGE)
+
+component-local: ## run COMPONENT (preprocess|train|evaluate) in IMAGE on DATA_DIR
+	@test -n "$(COMPONENT_CMD_$(COMPONENT))" \
+	  || { echo "COMPONENT must be preprocess, train or evaluate (got '$(COMPONENT)')" >&2; exit 2; }
+	@test -d "$(DATA_DIR)" || { echo "DATA_DIR $(DATA_DIR) is not a folder" >&2; exit 2; }
+	mkdir -p "$(OUTPUTS_DIR)"
+	@if [ "$$(id -u)" = 0 ]; then chown $(RUN_USER) "$(OUTPUTS_DIR)"; fi
+	$(DOCKER) run --rm $(DOCKER_RUN_FLAGS) $(GPU_FLAGS) --user $(RUN_USER) --shm-size=$(SHM_SIZE) \
+	  -v "$(DATA_DIR)":/data:ro -v "$(OUTPUTS_DIR)":/outputs -w /outputs \
+	  -e MLFLOW_TRACKING_URI=sqlite:////outputs/mlflow.db -e WANDB_MODE=offline \
+	  -e WANDB_DIR=/outputs \
+	  $(IMAGE) $(COMPONENT_CMD_$(COMPONENT)) $(ARGS)
+
+k8s-render: ## render every overlay to build/k8s/OVERLAY.yaml (secrets from the .example templates)
+	@mkdir -p build/k8s
+	@for o in $(K8S_OVERLAYS); do \
+	  tmp=$$(mktemp -d); cp -r k8s "$$tmp/"; \
+	  for f in "$$tmp"/k8s/overlays/$$o/secrets/*.env.example; do cp "$$f" "$${f%.example}"; done; \
+	  kubectl kustomize "$$tmp/k8s/overlays/$$o" > build/k8s/$$o.yaml || { rm -rf "$$tmp"; exit 1; }; \
+	  rm -rf "$$tmp"; echo "build/k8s/$$o.yaml"; \
+	done
+# ---- end containers and Kubernetes ----------------------------------------------------------
