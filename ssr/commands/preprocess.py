@@ -10,12 +10,12 @@ from ssr.cli import add_config_args, config_from_args
 
 def _run(args: argparse.Namespace) -> int:
     from ssr.data.preprocess import run_preprocess
-    from ssr.data.processed import read_manifest
+    from ssr.data.processed import SPLITS, read_manifest
 
     cfg = config_from_args(args)
     out = run_preprocess(cfg)
     manifest = read_manifest(out)
-    counts = ", ".join(f"{n} {s['utterances']}" for n, s in manifest["splits"].items())
+    counts = ", ".join(f"{n} {manifest['splits'][n]['utterances']}" for n in SPLITS)
     print(f"processed data set: {out}")
     print(f"  utterances: {counts}; {len(manifest['labels'])} labels")
     print(f"  features per frame: {manifest['num_channels']} x {manifest['input_size']}")

@@ -1,0 +1,113 @@
+"""Synthetic sEMG: spectrum, hum, session effects, determinism, held-out sessions, formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import signal
+
+from ssr.data.formats import read_dir
+from ssr.data.synth import SynthOptions, generate
+from ssr.errors import ConfigError, DataError
+
+SMALL = {"vocab": 3, "per_word": 8, "sessions": 4, "train_sessions": 2, "min_duration": 0.6,
+         "max_duration": 0.9}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("synth") / "d"
+    return out, generate(out, SynthOptions(seed=7, powerline_freq=50.0, **SMALL))
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _psd(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    utts = read_dir(root / "train")
+    psds = []
+    for utt in utts:
+        freqs, p = signal.welch(utt.emg, fs=utt.sampling_rate, nperseg=500, axis=0)
+        psds.append(p.mean(axis=1))
+    return freqs, np.mean(psds, axis=0)
+
+
+def test_power_concentrated_in_semg_band_after_removing_hum(synth: tuple[Path, dict]) -> None:
+    freqs, psd = _psd(synth[0])
+    hum = np.zeros_like(freqs, dtype=bool)
+    for k in (1, 2, 3):
+        hum |= np.abs(freqs - 50.0 * k) <= 3
+    band = (freqs >= 20) & (freqs <= 450)
+    share = psd[band & ~hum].sum() / psd[~hum].sum()
+    assert share > 0.8, share
+
+
+def test_hum_peak_at_configured_powerline_frequency(synth: tuple[Path, dict]) -> None:
+    freqs, psd = _psd(synth[0])
+    peak = psd[np.argmin(np.abs(freqs - 50.0))]
+    around = psd[(np.abs(freqs - 50.0) > 4) & (np.abs(freqs - 50.0) < 20)]
+    assert peak > 5 * np.median(around)
+    assert psd[np.argmin(np.abs(freqs - 60.0))] < peak / 5  # not at the other mains frequency
+
+
+def test_sessions_differ_in_per_channel_gain(synth: tuple[Path, dict]) -> None:
+    out, summary = synth
+    sos = signal.butter(4, [20, 450], "bandpass", fs=1000, output="sos")
+    profiles = []
+    for session in sorted((out / "train").iterdir()):
+        utts = read_dir(session)
+        rms = np.mean([signal.sosfiltfilt(sos, u.emg, axis=0).std(axis=0) for u in utts], axis=0)
+        profiles.append(np.log(rms) - np.log(rms).mean())
+    assert len(profiles) == 2
+    assert np.abs(profiles[0] - profiles[1]).max() > 0.1
+    gains = [summary["sessions"][str(s)]["gains"] for s in range(4)]
+    assert len({tuple(g) for g in gains}) == 4
+
+
+def test_held_out_sessions_are_disjoint_from_training(synth: tuple[Path, dict]) -> None:
+    out, summary = synth
+    splits = summary["splits"]
+    train = set(splits["train"]["sessions"])
+    assert train and not train & set(splits["val"]["sessions"])
+    assert not train & set(splits["test"]["sessions"])
+    assert not set(splits["val"]["sessions"]) & set(splits["test"]["sessions"])
+    on_disk = {name: {p.name for p in (out / name).iterdir()} for name in splits}
+    assert not on_disk["train"] & (on_disk["val"] | on_disk["test"])
+    labels = {name: {u.label for u in read_dir(out / name)} for name in splits}
+    assert labels["val"] == labels["train"] == labels["test"] == set(summary["vocabulary"])
+    n = sum(s["utterances"] for s in splits.values())
+    assert n == 3 * 8
+
+
+def test_same_seed_same_bytes_other_seed_differs(synth: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = synth
+    generate(tmp_path / "same", SynthOptions(seed=7, powerline_freq=50.0, **SMALL))
+    generate(tmp_path / "other", SynthOptions(seed=8, powerline_freq=50.0, **SMALL))
+    first, same, other = _files(out), _files(tmp_path / "same"), _files(tmp_path / "other")
+    arrays = [k for k in first if k.endswith(".npz")]
+    assert arrays and all(first[k] == same[k] for k in arrays)
+    assert sum(first[k] != other.get(k) for k in arrays) == len(arrays)
+
+
+def test_gaddy_output_is_read_by_loader(tmp_path: Path) -> None:
+    summary = generate(tmp_path / "g", SynthOptions(fmt="gaddy", seed=1, **SMALL))
+    train = tmp_path / "g" / "train"
+    assert next(train.rglob("0_info.json"))  # the silence entry of each session
+    utts = read_dir(train)
+    assert len(utts) == summary["splits"]["train"]["utterances"]
+    assert all(u.emg.shape[1] == 8 and u.label for u in utts)
+
+
+def test_bad_options_and_foreign_out_dir(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="held-out"):
+        generate(tmp_path / "x", SynthOptions(sessions=3, train_sessions=2))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("keep")
+    with pytest.raises(DataError, match="not empty"):
+        generate(tmp_path / "busy", SynthOptions(**SMALL))
+    assert (tmp_path / "busy" / "mine.txt").read_text() == "keep"
