@@ -1,0 +1,84 @@
+"""ssr.config: validation errors name the key; overrides are typed; defaults equal the YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ssr.config import Config, dump_config, load_config, parse_override
+from ssr.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+YAML = REPO / "configs" / "training_config.yaml"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_yaml_equals_embedded_defaults() -> None:
+    assert load_config(YAML) == Config()
+
+
+def test_unknown_key_named(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  windw_size: 128\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: data\.windw_size: unknown key"):
+        load_config(path)
+
+
+def test_unknown_section_named() -> None:
+    with pytest.raises(ConfigError, match=r"modle: unknown key"):
+        load_config(None, ["modle.hidden_size=3"])
+
+
+def test_wrong_type_named(tmp_path: Path) -> None:
+    path = _write(tmp_path, "training:\n  batch_size: lots\n")
+    with pytest.raises(ConfigError, match=r"training\.batch_size: .*integer"):
+        load_config(path)
+
+
+def test_hop_longer_than_window() -> None:
+    with pytest.raises(ConfigError, match=r"hop_length \(300\) must not exceed window_size"):
+        load_config(None, ["data.hop_length=300"])
+
+
+def test_zero_channels_named() -> None:
+    with pytest.raises(ConfigError, match=r"model\.num_channels: .*greater than or equal to 1"):
+        load_config(None, ["model.num_channels=0"])
+
+
+def test_input_size_must_divide_half_window() -> None:
+    with pytest.raises(ConfigError, match=r"model\.input_size \(48\) must divide"):
+        load_config(None, ["model.input_size=48"])
+
+
+def test_overrides_are_typed_and_applied() -> None:
+    cfg = load_config(
+        YAML, ["training.batch_size=16", "tracking.run_name=null", "training.compile=true",
+               "data.powerline_freq=50"]
+    )  # fmt: skip
+    assert cfg.training.batch_size == 16
+    assert cfg.tracking.run_name is None
+    assert cfg.training.compile is True
+    assert cfg.data.powerline_freq == 50.0
+    assert load_config(YAML).training.batch_size == 32
+
+
+def test_malformed_override_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        parse_override("batch_size=3")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_dump_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(None, ["model.hidden_size=64", "model.num_heads=4"])
+    path = _write(tmp_path, dump_config(cfg))
+    assert load_config(path) == cfg
+    assert yaml.safe_load(path.read_text())["model"]["hidden_size"] == 64
