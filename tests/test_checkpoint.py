@@ -1,0 +1,77 @@
+"""Checkpoint IO: atomic writes, safe loading, clear errors for missing or damaged files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssr.errors import CheckpointError
+from ssr.training.checkpoint import load_checkpoint, save_checkpoint
+
+
+class _Payload:
+    """Unpickling this runs ``os.mkdir(marker)``: what a hostile checkpoint could do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (os.mkdir, (self.marker,))
+
+
+def test_roundtrip_plain_containers(tmp_path: Path) -> None:
+    state = {
+        "model": {"w": torch.arange(4.0)},
+        "epoch": 3,
+        "labels": ["a", "b"],
+        "rng": {"python": [3, [1, 2], None]},
+    }
+    path = save_checkpoint(state, str(tmp_path / "ck"), "last.pth")
+    assert path == str(tmp_path / "ck" / "last.pth")
+    assert sorted(os.listdir(tmp_path / "ck")) == ["last.pth"]  # no temp files left
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model"]["w"], torch.arange(4.0))
+    assert loaded["epoch"] == 3 and loaded["labels"] == ["a", "b"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="nope.pth: checkpoint not found"):
+        load_checkpoint(str(tmp_path / "nope.pth"))
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    path = save_checkpoint({"model": {"w": torch.randn(256, 256)}}, str(tmp_path), "a.pth")
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"a\.pth: corrupt or truncated"):
+        load_checkpoint(path)
+
+
+def test_garbage_file(tmp_path: Path) -> None:
+    path = tmp_path / "junk.pth"
+    path.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        load_checkpoint(str(path))
+
+
+def test_non_dict_checkpoint(tmp_path: Path) -> None:
+    path = save_checkpoint([1, 2, 3], str(tmp_path), "list.pth")  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match="not an ssr checkpoint"):
+        load_checkpoint(path)
+
+
+def test_code_in_checkpoint_is_refused_and_not_run(tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_Payload(str(probe))))
+    assert probe.is_dir(), "the payload really executes when unpickled unsafely"
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "extra": _Payload(str(marker))}, path)
+    with pytest.raises(CheckpointError, match="evil.pth: refused.*unsafe unpickling"):
+        load_checkpoint(str(path))
+    assert not marker.exists()
