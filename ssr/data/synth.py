@@ -275,6 +275,21 @@ def _utterance(
     return emg.astype(np.float32)
 
 
+def sample_utterances(
+    options: SynthOptions, count: int, session: int = 0
+) -> list[tuple[str, np.ndarray]]:
+    """``count`` utterances ``(word, emg (time, channels) float32)`` of one session, in memory."""
+    options.validate()
+    world = _make_world(options)
+    sess = _make_session(options, world, session)
+    words = vocabulary(options.vocab)
+    out = []
+    for u in range(count):
+        word = words[u % len(words)]
+        out.append((word, _utterance(options, world, sess, session, u, word)))
+    return out
+
+
 def _split_sessions(opts: SynthOptions) -> dict[str, list[int]]:
     held_out = list(range(opts.train_sessions, opts.sessions))
     half = (len(held_out) + 1) // 2
@@ -363,4 +378,4 @@ def generate(
     return summary
 
 
-__all__ = ["SynthOptions", "generate", "vocabulary"]
+__all__ = ["SynthOptions", "generate", "sample_utterances", "vocabulary"]
