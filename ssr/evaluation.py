@@ -20,7 +20,6 @@ from ssr.fsutil import write_json
 from ssr.model import build_model
 from ssr.plots import plot_confusion_matrix
 from ssr.tracking.base import NullTracker, Tracker
-from ssr.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +136,8 @@ def evaluate(
     The model is rebuilt from the config stored in the checkpoint. The loss is plain
     cross-entropy (no label smoothing), so it is comparable across training configs.
     """
+    from ssr.training.checkpoint import load_checkpoint  # ssr.training imports this module
+
     tracker = tracker or NullTracker()
     state = load_checkpoint(checkpoint)
     for key in ("model", "config", "labels"):

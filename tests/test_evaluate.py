@@ -1,0 +1,126 @@
+"""Evaluation: numpy metrics agree with scikit-learn; ``evaluate`` writes its outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers_data import make_processed
+from sklearn import metrics as skm
+
+from ssr.cli import main
+from ssr.config import Config, ModelConfig
+from ssr.errors import CheckpointError, DataError
+from ssr.evaluation import accuracy, confusion_matrix, evaluate, macro_f1, per_class_metrics
+from ssr.model import build_model
+from ssr.training.checkpoint import save_checkpoint
+
+LABELS = ["word0", "word1", "word2", "word3"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_processed(tmp_path_factory.mktemp("data") / "processed", per_class=6)
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> str:
+    cfg = Config(
+        model=ModelConfig(input_size=8, hidden_size=16, num_layers=1, num_heads=2, max_frames=64)
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg.model, len(LABELS))
+    state = {"model": model.state_dict(), "config": cfg.model_dump(), "labels": LABELS, "epoch": 1}
+    return save_checkpoint(state, str(tmp_path / "ck"), "best_model.pth")
+
+
+def test_metrics_match_scikit_learn() -> None:
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 5, 200)
+    y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, 5, 200))
+    y_pred[y_pred == 4] = 3  # class 4 never predicted: precision undefined -> 0
+    cm = confusion_matrix(y_true, y_pred, 5)
+    assert np.array_equal(cm, skm.confusion_matrix(y_true, y_pred, labels=range(5)))
+    assert accuracy(cm) == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    assert macro_f1(cm) == pytest.approx(
+        skm.f1_score(y_true, y_pred, average="macro", zero_division=0)
+    )
+    per = per_class_metrics(cm)
+    p, r, f, s = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=range(5), zero_division=0
+    )
+    for ours, theirs in (
+        (per["precision"], p),
+        (per["recall"], r),
+        (per["f1"], f),
+        (per["support"], s),
+    ):
+        np.testing.assert_allclose(ours, theirs)
+
+
+def test_evaluate_writes_metrics_plot_and_predictions(
+    processed: Path, checkpoint: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval"
+    result = evaluate(checkpoint, "test", str(processed), str(out), device="cpu")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "confusion_matrix.png",
+        "metrics.json",
+        "predictions.json",
+    ]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_samples"] == 12 == result.num_samples
+    assert set(metrics["per_class"]) == set(LABELS)
+    assert sum(map(sum, metrics["confusion_matrix"])) == 12
+    assert sum(c["support"] for c in metrics["per_class"].values()) == 12
+    preds = json.loads((out / "predictions.json").read_text())["predictions"]
+    assert len(preds) == 12
+    assert {"id", "true", "pred", "confidence", "correct"} <= set(preds[0])
+    assert all(0.0 < p["confidence"] <= 1.0 for p in preds)
+    assert metrics["accuracy"] == pytest.approx(np.mean([p["correct"] for p in preds]))
+    assert metrics["loss"] > 0 and (out / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_cli_evaluate(
+    processed: Path, checkpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cli"
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            checkpoint,
+            "--split",
+            "val",
+            "--out",
+            str(out),
+            f"data.processed_dir={processed}",
+            "training.device=cpu",
+            "tracking.mlflow.enabled=false",
+            "tracking.wandb.enabled=false",
+        ]
+    )
+    assert code == 0
+    assert json.loads((out / "metrics.json").read_text())["split"] == "val"
+    assert "val: accuracy" in capsys.readouterr().out
+
+
+def test_label_mismatch_is_refused(tmp_path: Path, checkpoint: str) -> None:
+    other = make_processed(tmp_path / "other", n_classes=3, per_class=4)
+    with pytest.raises(DataError, match="differ from the checkpoint"):
+        evaluate(checkpoint, "test", str(other), str(tmp_path / "out"), device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_a_training_checkpoint(tmp_path: Path, processed: Path) -> None:
+    path = save_checkpoint({"weights": torch.zeros(1)}, str(tmp_path), "x.pth")
+    with pytest.raises(CheckpointError, match="x.pth: not an ssr training checkpoint"):
+        evaluate(path, "test", str(processed), str(tmp_path / "out"), device="cpu")
