@@ -111,3 +111,22 @@ def test_bad_options_and_foreign_out_dir(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not empty"):
         generate(tmp_path / "busy", SynthOptions(**SMALL))
     assert (tmp_path / "busy" / "mine.txt").read_text() == "keep"
+
+
+def test_cli_synth_prints_splits_and_next_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ssr.cli import main
+
+    out = tmp_path / "d"
+    argv = ["data", "synth", "--out", str(out), "--vocab", "3", "--per-word", "4",
+            "--sessions", "4", "--train-sessions", "2", "--duration", "0.5", "0.7"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"data.train_dir={out / 'train'}" in printed
+    assert "ssr preprocess --config configs/training_config.yaml" in printed
+    assert main(["data", "check", f"data.train_dir={out / 'train'}",
+                 f"data.val_dir={out / 'val'}", f"data.test_dir={out / 'test'}"]) == 0  # fmt: skip
+    assert "ok: 3 labels" in capsys.readouterr().out
+    assert main(["data", "synth", "--out", str(out), "--sessions", "2"]) == 2
+    assert "held-out" in capsys.readouterr().err
