@@ -1,0 +1,41 @@
+"""``ssr register``: add an evaluated checkpoint to the MLflow Model Registry as ``challenger``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ssr.cli import add_config_args, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "register",
+        help="register an evaluated checkpoint as a new model version (alias challenger)",
+        description="Log CHECKPOINT as a raw-EMG pyfunc model (plus the PyTorch flavour) with "
+        "the test evaluation in EVAL_DIR, register it under registry.model_name and point the "
+        "challenger alias at it. data.processed_dir must be the data set it was evaluated on.",
+    )
+    add_config_args(parser)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (.pth)")
+    parser.add_argument("--eval-dir", required=True, help="output of `ssr evaluate --split test`")
+    parser.add_argument("--pipeline-run-id", default=None, help="recorded as a version tag")
+    parser.add_argument("--model-name", default=None, help="default: registry.model_name")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssr.registry.register import register_model
+
+    cfg = config_from_args(args)
+    info = register_model(
+        cfg,
+        args.checkpoint,
+        args.eval_dir,
+        pipeline_run_id=args.pipeline_run_id,
+        model_name=args.model_name,
+    )
+    print(
+        f"registered {info.model_uri} (alias {', '.join(info.aliases)}; test accuracy "
+        f"{info.tags['test.accuracy']}; run {info.run_id})"
+    )
+    return 0

@@ -1,0 +1,190 @@
+"""The shipped model: an MLflow ``pyfunc`` that takes raw EMG and returns word probabilities.
+
+Preprocessing travels with the weights: the model carries the processed data set's manifest
+and rebuilds the same :class:`~ssr.data.features.FeatureExtractor` (filters, normalisation,
+spectral bands) that produced the training features.
+
+Input: a pandas DataFrame, one row per recording, column ``emg`` holding the samples as a
+nested list / 2-D array (time, channels) at the model's sampling rate, and an optional column
+``sampling_rate`` (Hz) that must equal it. Output: a DataFrame with ``label`` (the most
+probable word), ``confidence`` (its probability) and one ``p_<label>`` column per class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+
+from ssr.errors import DataError, RegistryError
+
+WEIGHTS = "weights"  # artifact keys
+MODEL_INFO = "model_info"
+MANIFEST = "manifest"
+BATCH_SIZE = 16
+FEATURE_KEYS = ("preprocessing", "input_size", "num_channels", "normalization")
+
+
+def probability_columns(labels: list[str]) -> list[str]:
+    """Output column names, ``p_<label>`` in class-id order."""
+    return [f"p_{label}" for label in labels]
+
+
+def feature_params(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest fields that decide the features (equal params => interchangeable features)."""
+    return {key: manifest.get(key) for key in FEATURE_KEYS}
+
+
+class EmgClassifier(mlflow.pyfunc.PythonModel):
+    """Raw EMG recordings -> label, confidence and per-class probabilities."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from safetensors.torch import load_file
+
+        from ssr.config import ModelConfig
+        from ssr.data.features import FeatureExtractor
+        from ssr.model import build_model
+
+        info = json.loads(Path(context.artifacts[MODEL_INFO]).read_text())
+        self.manifest: dict[str, Any] = json.loads(Path(context.artifacts[MANIFEST]).read_text())
+        self.labels: list[str] = list(info["labels"])
+        model = build_model(ModelConfig(**info["model"]), len(self.labels))
+        model.load_state_dict(load_file(context.artifacts[WEIGHTS], device="cpu"))
+        self.model = model.eval()
+        self.extractor = FeatureExtractor.from_manifest(self.manifest)
+
+    def _recordings(self, model_input: Any) -> list[np.ndarray]:
+        if isinstance(model_input, dict):
+            model_input = pd.DataFrame(model_input)
+        if not isinstance(model_input, pd.DataFrame) or "emg" not in model_input.columns:
+            raise DataError("model input must be a DataFrame with an 'emg' column (time, channels)")
+        if "sampling_rate" in model_input.columns:
+            for i, rate in enumerate(model_input["sampling_rate"]):
+                if (
+                    rate is not None
+                    and not pd.isna(rate)
+                    and float(rate) != self.extractor.sampling_rate
+                ):
+                    raise DataError(
+                        f"row {i}: sampling_rate {float(rate):g} Hz, the model expects "
+                        f"{self.extractor.sampling_rate:g} Hz"
+                    )
+        return [np.asarray(cell, dtype=np.float32) for cell in model_input["emg"]]
+
+    def featurise(
+        self, recordings: list[np.ndarray], sources: list[str] | None = None
+    ) -> list[np.ndarray]:
+        """Raw EMG (time, channels) recordings -> features (frames, channels, bands)."""
+        names = sources or [f"row {i}" for i in range(len(recordings))]
+        return [self.extractor(emg, name) for emg, name in zip(recordings, names, strict=True)]
+
+    @torch.inference_mode()
+    def predict_features(self, features: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities (N, classes) for feature arrays (frames, channels, bands)."""
+        out = np.zeros((len(features), len(self.labels)), dtype=np.float64)
+        order = sorted(range(len(features)), key=lambda i: features[i].shape[0])
+        for start in range(0, len(order), BATCH_SIZE):
+            idx = order[start : start + BATCH_SIZE]
+            lengths = torch.tensor([features[i].shape[0] for i in idx])
+            c, f = features[idx[0]].shape[1:]
+            x = torch.zeros(len(idx), int(lengths.max()), c, f)
+            for row, i in enumerate(idx):
+                x[row, : lengths[row]] = torch.from_numpy(np.asarray(features[i], np.float32))
+            mask = torch.arange(x.shape[1])[None, :] >= lengths[:, None]
+            probs = torch.softmax(self.model(x, mask).float(), dim=-1)
+            out[idx] = probs.numpy()
+        return out
+
+    def to_frame(self, probs: np.ndarray) -> pd.DataFrame:
+        """The output DataFrame for a probability matrix."""
+        best = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
+        frame = pd.DataFrame(
+            {
+                "label": [self.labels[i] for i in best],
+                "confidence": probs[np.arange(len(probs)), best] if len(probs) else [],
+            }
+        )
+        for col, values in zip(probability_columns(self.labels), probs.T, strict=True):
+            frame[col] = values
+        return frame
+
+    def predict(
+        self, context: Any, model_input: Any, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """Classify each row's raw EMG recording."""
+        recordings = self._recordings(model_input)
+        return self.to_frame(self.predict_features(self.featurise(recordings)))
+
+
+def load_pyfunc(model_uri: str) -> tuple[mlflow.pyfunc.PyFuncModel, EmgClassifier]:
+    """Load a registered ssr model: the pyfunc wrapper and the :class:`EmgClassifier` inside."""
+    try:
+        loaded = mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:  # MlflowException, missing artifacts, bad URI
+        raise RegistryError(f"{model_uri}: cannot load model: {exc}") from None
+    inner = loaded.unwrap_python_model()
+    if not isinstance(inner, EmgClassifier):
+        raise RegistryError(f"{model_uri}: not an ssr EMG model ({type(inner).__name__})")
+    return loaded, inner
+
+
+def load_classifier(model_uri: str) -> EmgClassifier:
+    """The :class:`EmgClassifier` of a registered ssr model."""
+    return load_pyfunc(model_uri)[1]
+
+
+def _raw_path(source: str, test_dir: str | os.PathLike[str]) -> Path:
+    path = Path(source)
+    if path.is_file():
+        return path
+    candidate = Path(test_dir) / source
+    if candidate.is_file():
+        return candidate
+    raise DataError(
+        f"{source}: raw recording not found (also tried under {test_dir}); the gate needs the "
+        "raw test split when the models' preprocessing differs"
+    )
+
+
+def correctness_on_test_split(
+    model_uri: str,
+    processed_dir: str | os.PathLike[str],
+    test_dir: str | os.PathLike[str] = "data/test",
+    expected_fingerprint: str | None = None,
+) -> np.ndarray:
+    """Per-utterance correctness (bool) of a registered model on a processed test split.
+
+    When the model's preprocessing equals the data set's, the stored features are used;
+    otherwise the model featurises the raw recordings itself (from ``test_dir``). With
+    ``expected_fingerprint``, a data set with another fingerprint is refused.
+    """
+    from ssr.data.formats import read_native
+    from ssr.data.processed import ProcessedSplit
+
+    split = ProcessedSplit(processed_dir, "test")
+    found = split.manifest.get("fingerprint")
+    if expected_fingerprint and found and found != expected_fingerprint:
+        raise RegistryError(
+            f"{processed_dir}: data fingerprint {found[:12]} differs from the challenger's "
+            f"{expected_fingerprint[:12]}; point data.processed_dir at the data it was tested on"
+        )
+    model = load_classifier(model_uri)
+    if feature_params(model.manifest) == feature_params(split.manifest):
+        features = [split[i][0].numpy() for i in range(len(split))]
+    else:
+        features = []
+        for source in split.ids:
+            path = _raw_path(source, test_dir)
+            emg = read_native(path).emg if path.suffix == ".npz" else np.load(path)
+            features.append(model.extractor(emg, str(path)))
+    probs = model.predict_features(features)
+    names = split.label_names
+    truth = [names[int(i)] for i in split.labels]
+    predicted = [model.labels[int(i)] for i in probs.argmax(axis=1)]
+    return np.array([p == t for p, t in zip(predicted, truth, strict=True)], dtype=bool)

@@ -1,0 +1,302 @@
+"""Register an evaluated checkpoint as a new version of the MLflow registered model.
+
+One MLflow run (``register-<checkpoint>``, in the tracking experiment) receives:
+
+* ``model``: the raw-EMG pyfunc (:class:`~ssr.registry.pyfunc_model.EmgClassifier`) with the
+  weights as safetensors and the data set manifest (preprocessing travels with it); this is
+  what the registry version points at;
+* ``pytorch-model``: the network in MLflow's PyTorch flavour, as a ``torch.export`` (pt2)
+  program with inputs ``x`` (B, T, C, F) and ``padding_mask`` (B, T)
+  (when ``registry.log_pytorch_model``);
+* ``evaluation/``: the ``metrics.json`` and ``predictions.json`` of the test evaluation.
+
+The new version gets the alias ``challenger`` and tags with its test metrics, data
+fingerprint, config, git commit, pipeline run id and links to the MLflow and W&B runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+import ssr
+from ssr.config import Config, config_from_dict
+from ssr.data.processed import ProcessedSplit
+from ssr.errors import CheckpointError, DataError, RegistryError
+from ssr.registry.promote import CHALLENGER
+from ssr.registry.pyfunc_model import MANIFEST, MODEL_INFO, WEIGHTS, EmgClassifier
+
+log = logging.getLogger(__name__)
+
+TAG_VALUE_LIMIT = 5000  # MLflow's limit on a model version tag value
+EXAMPLE_ROWS = 2
+
+
+@dataclass
+class ModelVersionInfo:
+    """A registered version: ``models:/<name>/<version>`` and what was recorded with it."""
+
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+    aliases: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def tracking_uri(cfg: Config) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``tracking.mlflow.tracking_uri``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.mlflow.tracking_uri
+
+
+def connect(cfg: Config) -> MlflowClient:
+    """Point MLflow (tracking and registry) at the configured server; return a client."""
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def read_evaluation(eval_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict]]:
+    """``metrics.json`` and the per-utterance predictions written by ``ssr evaluate``."""
+    root = Path(eval_dir)
+    out = []
+    for name in ("metrics.json", "predictions.json"):
+        path = root / name
+        if not path.is_file():
+            raise DataError(f"{path}: missing; run `ssr evaluate --split test` first")
+        try:
+            out.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON: {exc}") from None
+    metrics, predictions = out
+    for key in ("accuracy", "macro_f1", "loss"):
+        if not isinstance(metrics.get(key), (int, float)):
+            raise DataError(f"{root / 'metrics.json'}: no numeric {key!r}")
+    if metrics.get("split", "test") != "test":
+        raise DataError(f"{root / 'metrics.json'}: evaluated on {metrics['split']!r}, not test")
+    return metrics, list(predictions.get("predictions", []))
+
+
+def _truncate(text: str, limit: int = TAG_VALUE_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 15] + "...[truncated]"
+
+
+def _checkpoint_parts(checkpoint: str) -> tuple[dict[str, Any], Config, list[str], dict]:
+    from ssr.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    for key in ("model", "config", "labels"):
+        if key not in state:
+            raise CheckpointError(f"{checkpoint}: not an ssr training checkpoint (no {key!r})")
+    train_cfg = config_from_dict(state["config"], f"{checkpoint} (stored config)")
+    ids = state.get("tracking") or {}
+    return state, train_cfg, [str(label) for label in state["labels"]], dict(ids)
+
+
+def _input_example(split: ProcessedSplit) -> pd.DataFrame:
+    """A small raw-EMG example: synthetic noise shaped like the test recordings."""
+    channels = int(split.manifest["num_channels"])
+    pre = split.manifest["preprocessing"]
+    frames = [int(n) for n in split.lengths[:EXAMPLE_ROWS]]
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in frames:
+        samples = int(pre["window_size"]) + (min(n, 8) - 1) * int(pre["hop_length"])
+        rows.append(rng.standard_normal((samples, channels)).astype(np.float32).tolist())
+    return pd.DataFrame({"emg": rows})
+
+
+def _pytorch_signature(channels: int, bins: int, classes: int) -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema(
+            [
+                TensorSpec(np.dtype(np.float32), (-1, -1, channels, bins), "x"),
+                TensorSpec(np.dtype(bool), (-1, -1), "padding_mask"),
+            ]
+        ),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes), "logits")]),
+    )
+
+
+def pip_requirements() -> list[str]:
+    """What the pyfunc needs: this package (which brings the rest) and its torch."""
+    return [
+        f"ssr=={ssr.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"mlflow=={mlflow.__version__}",
+    ]
+
+
+def register_model(
+    cfg: Config,
+    checkpoint: str,
+    eval_dir: str,
+    *,
+    pipeline_run_id: str | None = None,
+    model_name: str | None = None,
+    client: MlflowClient | None = None,
+) -> ModelVersionInfo:
+    """Log the checkpoint as pyfunc + PyTorch models, register the pyfunc, alias it ``challenger``.
+
+    ``cfg.data.processed_dir`` must be the data set the checkpoint was evaluated on (its
+    manifest and fingerprint are shipped with the model).
+    """
+    from safetensors.torch import save_file
+
+    from ssr.model import build_model
+
+    client = client or connect(cfg)
+    name = model_name or cfg.registry.model_name
+    state, train_cfg, labels, run_ids = _checkpoint_parts(checkpoint)
+    metrics, predictions = read_evaluation(eval_dir)
+    split = ProcessedSplit(cfg.data.processed_dir, "test")
+    if split.label_names != labels:
+        raise DataError(
+            f"{cfg.data.processed_dir}: labels {split.label_names} differ from "
+            f"the checkpoint's {labels}"
+        )
+    if predictions and len(predictions) != len(split):
+        raise DataError(
+            f"{eval_dir}: {len(predictions)} predictions but the test split of "
+            f"{cfg.data.processed_dir} has {len(split)} utterances"
+        )
+    model = build_model(train_cfg.model, len(labels)).eval()
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{checkpoint}: weights do not fit the stored config: {exc}"
+        ) from None
+
+    fingerprint = str(split.manifest.get("fingerprint", "unknown"))
+    from ssr.tracking.context import git_commit
+
+    tags = {
+        "test.accuracy": f"{metrics['accuracy']:.6g}",
+        "test.macro_f1": f"{metrics['macro_f1']:.6g}",
+        "test.loss": f"{metrics['loss']:.6g}",
+        "test.num_samples": str(metrics.get("num_samples", len(split))),
+        "data.fingerprint": fingerprint,
+        "config": _truncate(json.dumps(state["config"], sort_keys=True, separators=(",", ":"))),
+        "git_commit": git_commit(),
+        "pipeline_run_id": pipeline_run_id or "none",
+        "checkpoint": os.path.basename(checkpoint),
+        "labels": _truncate(json.dumps(labels)),
+    }
+    if run_ids.get("mlflow"):
+        tags["train.mlflow_run_id"] = str(run_ids["mlflow"])
+    if run_ids.get("wandb"):
+        tags["train.wandb_run"] = str(run_ids["wandb"])
+
+    experiment = cfg.tracking.mlflow.experiment
+    mlflow.set_experiment(experiment)
+    with tempfile.TemporaryDirectory(prefix="ssr-register-") as tmp:
+        tmpdir = Path(tmp)
+        weights = tmpdir / "model.safetensors"
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights))
+        info_path = tmpdir / "model_info.json"
+        info_path.write_text(json.dumps({"model": train_cfg.model.model_dump(), "labels": labels}))
+        manifest_path = tmpdir / "manifest.json"
+        manifest_path.write_text(json.dumps(split.manifest, sort_keys=True))
+        artifacts = {
+            WEIGHTS: str(weights),
+            MODEL_INFO: str(info_path),
+            MANIFEST: str(manifest_path),
+        }
+        example = _input_example(split)
+        classifier = EmgClassifier()
+        signature = _pyfunc_signature(classifier, artifacts, example)
+        run_name = f"register-{Path(checkpoint).stem}"
+        with mlflow.start_run(run_name=run_name) as run:
+            mlflow.set_tags(
+                {"ssr.job": "register", **{k: v for k, v in tags.items() if k != "config"}}
+            )
+            mlflow.log_metrics(
+                {f"test/{k}": float(metrics[k]) for k in ("accuracy", "macro_f1", "loss")}
+            )
+            mlflow.log_artifact(str(Path(eval_dir) / "metrics.json"), "evaluation")
+            mlflow.log_artifact(str(Path(eval_dir) / "predictions.json"), "evaluation")
+            pyfunc_info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=classifier,
+                artifacts=artifacts,
+                signature=signature,
+                input_example=example,
+                pip_requirements=pip_requirements(),
+            )
+            if cfg.registry.log_pytorch_model:
+                _log_pytorch(model, split, train_cfg, len(labels))
+            run_id = run.info.run_id
+    tags["mlflow.run_id"] = run_id
+    tags["mlflow.run_url"] = _run_url(client, run_id)
+    version = _create_version(name, pyfunc_info.model_uri, tags)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    log.info("registered %s version %s (run %s) as %s", name, version, run_id, CHALLENGER)
+    return ModelVersionInfo(name, version, run_id, f"models:/{name}/{version}", [CHALLENGER], tags)
+
+
+def _pyfunc_signature(
+    classifier: EmgClassifier, artifacts: dict[str, str], example: pd.DataFrame
+) -> ModelSignature:
+    """Infer the output schema by running the model once on the example."""
+    from mlflow.pyfunc import PythonModelContext
+
+    classifier.load_context(PythonModelContext(artifacts=artifacts, model_config={}))
+    output = classifier.predict(None, example)
+    signature = infer_signature(example, output)
+    inputs = list(signature.inputs.inputs) + [ColSpec("double", "sampling_rate", required=False)]
+    return ModelSignature(inputs=Schema(inputs), outputs=signature.outputs)
+
+
+def _log_pytorch(
+    model: torch.nn.Module, split: ProcessedSplit, train_cfg: Config, classes: int
+) -> None:
+    """The network in the PyTorch flavour (a ``torch.export`` program, loads without pickle)."""
+    lengths = [int(n) for n in split.lengths[:2]]
+    while len(lengths) < 2:
+        lengths.append(lengths[0])
+    t = max(max(lengths), 2)
+    c, f = train_cfg.model.num_channels, train_cfg.model.input_size
+    x = np.zeros((2, t, c, f), dtype=np.float32)
+    for row in range(2):
+        x[row, : lengths[row]] = split[row % len(split)][0].numpy()
+    mask = np.arange(t)[None, :] >= np.array(lengths)[:, None]
+    mlflow.pytorch.log_model(
+        model,
+        name="pytorch-model",
+        input_example=(x, mask),
+        signature=_pytorch_signature(c, f, classes),
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+
+
+def _run_url(client: MlflowClient, run_id: str) -> str:
+    uri = client.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return f"runs:/{run_id}"
+    run = client.get_run(run_id)
+    return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def _create_version(name: str, source: str, tags: dict[str, str]) -> str:
+    try:
+        version = mlflow.register_model(source, name, tags=tags, await_registration_for=120)
+    except MlflowException as exc:
+        raise RegistryError(f"{name}: cannot create model version from {source}: {exc}") from None
+    return str(version.version)

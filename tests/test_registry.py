@@ -1,0 +1,310 @@
+"""Model Registry against a real MLflow server: register, gate, promote, rollback, serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import ssr.training  # noqa: F401  (before ssr.evaluation: they import each other)
+from ssr.cli import main
+from ssr.config import Config, load_config
+from ssr.data.formats import read_native
+from ssr.data.preprocess import run_preprocess
+from ssr.data.processed import ProcessedSplit, collate
+from ssr.data.synth import SynthOptions, generate
+from ssr.errors import RegistryError
+from ssr.evaluation import evaluate
+from ssr.model import build_model
+from ssr.registry.promote import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    PromotionLock,
+    alias_version,
+    check_consistent,
+    promote,
+    promote_across,
+    read_history,
+    rollback,
+)
+from ssr.registry.register import register_model
+from ssr.training.checkpoint import save_checkpoint
+
+TINY = [
+    "model.input_size=8",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.max_frames=64",
+    "model.dropout=0.0",
+    "tracking.mlflow.experiment=registry-tests",
+    "registry.log_pytorch_model=false",
+]
+
+
+def _config(root: Path, *extra: str) -> Config:
+    raw = root / "raw"
+    return load_config(
+        None,
+        [
+            f"data.train_dir={raw / 'train'}",
+            f"data.val_dir={raw / 'val'}",
+            f"data.test_dir={raw / 'test'}",
+            f"data.processed_dir={root / 'processed'}",
+            *TINY,
+            *extra,
+        ],
+    )
+
+
+def _checkpoint(cfg: Config, out: Path, name: str, steps: int, seed: int) -> tuple[str, str]:
+    """A checkpoint trained for ``steps`` full-batch steps (0 = random weights), evaluated."""
+    train = ProcessedSplit(cfg.data.processed_dir, "train")
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, len(train.label_names))
+    batch = collate([train[i] for i in range(len(train))])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(batch.x, batch.padding_mask()), batch.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    state = {
+        "model": model.state_dict(),
+        "config": cfg.model_dump(),
+        "labels": train.label_names,
+        "tracking": {"mlflow": "train-run", "wandb": "e/p/abc"},
+    }
+    path = save_checkpoint(state, str(out), f"{name}.pth")
+    eval_dir = out / f"eval-{name}"
+    evaluate(path, "test", cfg.data.processed_dir, str(eval_dir), device="cpu")
+    return path, str(eval_dir)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Synthetic raw EMG, its processed data set and three evaluated checkpoints."""
+    root = tmp_path_factory.mktemp("registry")
+    generate(
+        root / "raw",
+        SynthOptions(
+            vocab=3, per_word=20, sessions=5, train_sessions=3, min_duration=0.5, max_duration=0.8
+        ),
+    )
+    cfg = _config(root)
+    run_preprocess(cfg)
+    ckpts = root / "ckpt"
+    return {
+        "root": root,
+        "good": _checkpoint(cfg, ckpts, "good", steps=40, seed=0),
+        "good2": _checkpoint(cfg, ckpts, "good2", steps=40, seed=1),
+        "bad": _checkpoint(cfg, ckpts, "bad", steps=0, seed=3),
+    }
+
+
+@pytest.fixture
+def registry(mlflow_server, s3_env, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_env.endpoint)
+    return MlflowClient(mlflow_server.uri, mlflow_server.uri)
+
+
+def _accuracy(eval_dir: str) -> float:
+    return json.loads((Path(eval_dir) / "metrics.json").read_text())["accuracy"]
+
+
+def test_register_gate_promote_rollback_and_serve(world: dict, registry: MlflowClient) -> None:
+    name = f"ssr-emg-{uuid.uuid4().hex[:8]}"
+    cfg = _config(world["root"], f"registry.model_name={name}", "registry.log_pytorch_model=true")
+    good, bad = world["good"], world["bad"]
+    assert _accuracy(good[1]) > _accuracy(bad[1])
+
+    v1 = register_model(cfg, *good, pipeline_run_id="pipe-1")
+    assert alias_version(registry, name, CHALLENGER) == v1.version
+    mv = registry.get_model_version(name, v1.version)
+    assert float(mv.tags["test.accuracy"]) == pytest.approx(_accuracy(good[1]), abs=1e-5)
+    assert {
+        "test.macro_f1",
+        "test.loss",
+        "data.fingerprint",
+        "config",
+        "git_commit",
+        "mlflow.run_id",
+        "mlflow.run_url",
+    } <= set(mv.tags)
+    assert mv.tags["pipeline_run_id"] == "pipe-1" and mv.tags["train.wandb_run"] == "e/p/abc"
+    run_artifacts = {a.path for a in registry.list_artifacts(v1.run_id, "evaluation")}
+    assert "evaluation/predictions.json" in run_artifacts
+
+    first = promote(cfg, client=registry)
+    assert first.action == "promote" and first.champion_after == v1.version
+    assert alias_version(registry, name, CHAMPION) == v1.version
+    assert alias_version(registry, name, CHALLENGER) is None
+
+    v2 = register_model(_config(world["root"], f"registry.model_name={name}"), *bad)
+    dry = promote(cfg, client=registry, dry_run=True)
+    assert (
+        dry.action == "reject"
+        and "gate.decision" not in registry.get_model_version(name, v2.version).tags
+    )
+    second = promote(cfg, client=registry)
+    assert second.action == "reject" and alias_version(registry, name, CHAMPION) == v1.version
+    decision = second.decision
+    cand = registry.get_model_version(name, v2.version).tags
+    champ = registry.get_model_version(name, v1.version).tags
+    assert cand["gate.decision"] == "reject" and cand["gate.compared_against"] == v1.version
+    assert int(cand["gate.n01"]) == decision.n01 and int(cand["gate.n10"]) == decision.n10
+    assert float(cand["gate.challenger_accuracy"]) == pytest.approx(_accuracy(bad[1]), abs=1e-5)
+    assert float(cand["gate.champion_accuracy"]) == pytest.approx(_accuracy(good[1]), abs=1e-5)
+    assert champ[f"gate.vs_v{v2.version}.decision"] == "reject"
+    assert champ[f"gate.vs_v{v2.version}.p_value"] == cand["gate.p_value"]
+    with pytest.raises(RegistryError, match="no previous champion"):
+        rollback(cfg, client=registry)
+
+    # environments: copy the champion to prod, then a bad release, then roll back
+    prod = f"{name}-prod"
+    promote_across(cfg, client=registry, source=name, target=prod)
+    bad_release = promote_across(cfg, client=registry, source=name, target=prod, version=v2.version)
+    assert alias_version(registry, prod, CHAMPION) == bad_release.candidate
+    assert registry.get_model_version(prod, bad_release.candidate).tags["promoted_from"] == (
+        f"{name}/{v2.version}"
+    )
+    back = rollback(cfg, client=registry, model_name=prod)
+    assert alias_version(registry, prod, CHAMPION) == back.champion_after != bad_release.candidate
+    assert read_history(registry, prod) == [back.champion_after]
+    assert alias_version(registry, prod, PREVIOUS) is None
+
+    # the champion serves raw EMG from a fresh process with only the package installed
+    test_dir = Path(cfg.data.test_dir)
+    recording = sorted(test_dir.rglob("*.npz"))[0]
+    code = (
+        "import sys, numpy as np, pandas as pd, mlflow.pyfunc\n"
+        "emg = np.load(sys.argv[2])['emg']\n"
+        "m = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "out = m.predict(pd.DataFrame({'emg': [emg.tolist(), emg[:400].tolist()]}))\n"
+        "print(out.to_json(orient='records'))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, f"models:/{name}@champion", str(recording)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=world["root"],
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    labels = ProcessedSplit(cfg.data.processed_dir, "test").label_names
+    assert set(rows[0]) == {"label", "confidence", *(f"p_{lab}" for lab in labels)}
+    assert rows[0]["label"] in labels
+    assert sum(rows[0][f"p_{lab}"] for lab in labels) == pytest.approx(1.0, abs=1e-5)
+    assert read_native(recording).label in labels
+
+    # the pytorch flavour was logged too, as a torch.export program
+    artifacts = {a.path for a in registry.list_artifacts(v1.run_id)}
+    assert "evaluation" in artifacts
+    assert registry.search_logged_models(
+        experiment_ids=[registry.get_run(v1.run_id).info.experiment_id],
+        filter_string="name = 'pytorch-model'",
+    )
+
+
+def test_concurrent_promotions_stay_consistent(world: dict, registry: MlflowClient) -> None:
+    name = f"ssr-emg-{uuid.uuid4().hex[:8]}"
+    # lenient gate: any strictly better model is promoted, so both orders are possible
+    cfg = _config(
+        world["root"],
+        f"registry.model_name={name}",
+        "registry.min_accuracy=0.0",
+        "registry.p_value=1.0",
+    )
+    base = register_model(cfg, *world["bad"])
+    promote(cfg, client=registry)
+    versions = [register_model(cfg, *world[key]).version for key in ("good", "good2")]
+
+    errors: list[BaseException] = []
+
+    def run(version: str) -> None:
+        try:
+            promote(cfg, client=registry, version=version)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    history = check_consistent(registry, name)
+    champion = alias_version(registry, name, CHAMPION)
+    assert champion in versions and history[0] == base.version and history[-1] == champion
+    assert alias_version(registry, name, PREVIOUS) == history[-2]
+    for version in versions:
+        tags = registry.get_model_version(name, version).tags
+        assert tags["gate.compared_against"] in history
+        assert (tags["gate.decision"] == "promote") == (version in history)
+    # the second promoter was gated against the first one's result, never a stale champion
+    promoted = [v for v in versions if v in history]
+    if len(promoted) == 2:
+        later = history[-1]
+        assert registry.get_model_version(name, later).tags["gate.compared_against"] == history[-2]
+    assert not [m for m in registry.search_registered_models(f"name = '{name}.promotion-lock'")]
+
+
+def test_lock_is_exclusive_and_expires(registry: MlflowClient) -> None:
+    name = f"ssr-lock-{uuid.uuid4().hex[:8]}"
+    holder = PromotionLock(registry, name, ttl_s=1.0)
+    holder.acquire()
+    waiter = PromotionLock(registry, name, wait_s=0.5, poll_s=0.1)
+    with pytest.raises(RegistryError, match="another promotion holds the lock"):
+        waiter.acquire()
+    # the holder crashes; once the lease expires the next promoter breaks it
+    breaker = PromotionLock(registry, name, wait_s=10, poll_s=0.2)
+    breaker.acquire()
+    with pytest.raises(RegistryError, match="lost the promotion lock"):
+        holder.verify()
+    breaker.verify()
+    breaker.release()
+
+
+def test_cli_promote_and_predict(
+    world: dict, registry: MlflowClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"ssr-emg-{uuid.uuid4().hex[:8]}"
+    root = world["root"]
+    raw = root / "raw"
+    overrides = [
+        f"data.train_dir={raw / 'train'}",
+        f"data.val_dir={raw / 'val'}",
+        f"data.test_dir={raw / 'test'}",
+        f"data.processed_dir={root / 'processed'}",
+        *TINY,
+        f"registry.model_name={name}",
+    ]
+    ckpt, eval_dir = world["good"]
+    assert main(["register", "--checkpoint", ckpt, "--eval-dir", eval_dir, *overrides]) == 0
+    assert main(["promote", "--dry-run", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out and "accuracy" in out
+    assert alias_version(registry, name, CHAMPION) is None
+    assert main(["promote", *overrides]) == 0
+    assert alias_version(registry, name, CHAMPION) == "1"
+    files = [str(p) for p in sorted((raw / "test").rglob("*.npz"))[:2]]
+    capsys.readouterr()
+    assert main(["predict", "--model", f"models:/{name}@champion", "--json", *files]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in rows] == files and all(0 < r["confidence"] <= 1 for r in rows)
+    assert main(["predict", "--model", f"models:/{name}@champion", str(tmp_path / "nope.npz")]) == 2
+    assert "nope.npz" in capsys.readouterr().err
+    assert main(["promote", "--rollback", *overrides]) == 2
