@@ -128,7 +128,7 @@ class WandbTracker:
         if not src.exists():
             raise FileNotFoundError(f"{src}: no such file to log as an artifact")
         kind = "model" if src.suffix in MODEL_SUFFIXES else "file"
-        name = _artifact_name(f"{artifact_path or src.stem}-{self.run.id}")
+        name = _artifact_name(f"{src.stem}-{self.run.id}")
         artifact = self._wandb.Artifact(name, type=kind, metadata={"source": src.name})
         if src.is_dir():
             artifact.add_dir(str(src))
