@@ -83,7 +83,7 @@ def test_one_run_reaches_mlflow_s3_and_wandb(mlflow_server, s3_server, tmp_path)
     assert _history(client, run.info.run_id, "train/loss") == [(0, 1.0), (5, 1 / 6), (10, 1 / 11)]
     assert [s for s, _ in _history(client, run.info.run_id, "val/accuracy")] == [1, 2]
     tags = run.data.tags
-    assert tags["data_fingerprint"] == FINGERPRINT
+    assert tags["data.fingerprint"] == FINGERPRINT
     assert tags["job"] == "train" and tags["device"] == "cpu" and tags["best_epoch"] == "2"
     assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"])  # HEAD of this checkout
     assert tags["version.torch"] and tags["version.mlflow"] and tags["version.ssr"]
@@ -111,7 +111,7 @@ def test_one_run_reaches_mlflow_s3_and_wandb(mlflow_server, s3_server, tmp_path)
     (wb,) = offline_runs(tmp_path, ids["wandb"])
     assert wb.display_name == run.info.run_name
     assert wb.config["model.hidden_size"] == 16
-    assert wb.config["tags.data_fingerprint"] == FINGERPRINT
+    assert wb.config["tags.data.fingerprint"] == FINGERPRINT
     assert wb.series("train/loss", "global_step") == [(0, 1.0), (5, 1 / 6), (10, 1 / 11)]
     assert wb.series("val/loss", "epoch") == [(1, 0.5), (2, 0.25)]
     assert [e for e, _ in wb.series("val/confusion_matrix_table/_type", "epoch")] == [1, 2]

@@ -31,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out = args.out or default_out_dir(cfg.training.output_dir, args.split)
-    tracker = open_tracker(cfg, job="evaluate")
+    from ssr.tracking.context import data_fingerprint
+
+    tracker = open_tracker(
+        cfg, job="evaluate", fingerprint=data_fingerprint(cfg.data.processed_dir)
+    )
     status = "FAILED"
     try:
         result = evaluate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import socket
@@ -83,9 +84,21 @@ def run_tags(
         "python": platform.python_version(),
     }
     if fingerprint:
-        tags["data_fingerprint"] = fingerprint
+        tags["data.fingerprint"] = fingerprint
     tags.update({f"version.{name}": v for name, v in package_versions().items()})
     return tags
+
+
+def data_fingerprint(processed_dir: str) -> str | None:
+    """The fingerprint in a local processed data set's manifest; None if unreadable or remote."""
+    if "://" in processed_dir:
+        return None
+    try:
+        manifest = json.loads((Path(processed_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = manifest.get("fingerprint") if isinstance(manifest, dict) else None
+    return str(value) if value else None
 
 
 def default_run_name(cfg: Config, job: str, fingerprint: str | None = None) -> str:
