@@ -126,6 +126,7 @@ class StorageConfig(_Section):
     region: str | None = None
     max_attempts: int = Field(5, ge=1)
     multipart_threshold_mb: int = Field(64, ge=5)
+    cache_dir: str = Field(".cache/ssr", description="local mirror of s3:// data directories")
 
 
 class RegistryConfig(_Section):

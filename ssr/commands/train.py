@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
 from ssr.cli import add_config_args, config_from_args
 
@@ -22,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resume",
         default=None,
         metavar="PATH|auto",
-        help="continue from a checkpoint; `auto` uses last.pth in training.checkpoint_dir "
-        "when present, else starts fresh",
+        help="continue from a checkpoint (local path or s3:// URI); `auto` uses the newest "
+        "complete one named by latest.json in training.checkpoint_dir, else starts fresh. "
+        "On SIGTERM, training checkpoints after the current step and exits with 143",
     )
     parser.set_defaults(func=run)
 
@@ -41,4 +43,7 @@ def run(args: argparse.Namespace) -> int:
         result.best_epoch,
         result.best_checkpoint,
     )
+    if result.preempted:
+        log.warning("stopped by SIGTERM; resume with --resume auto")
+        return 128 + signal.SIGTERM  # 143, the conventional exit status after SIGTERM
     return 0

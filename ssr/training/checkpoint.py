@@ -3,11 +3,14 @@
 Checkpoints are ``torch.save`` files of plain containers (dicts, lists, numbers, strings,
 tensors) and load only with ``weights_only=True``: a file that needs arbitrary unpickling is
 refused, never executed.
+
+``directory`` and ``path`` may be local or ``s3://`` URIs (see :mod:`ssr.storage`). The resume
+checkpoint of a run is found through the ``latest.json`` pointer and verified (size, sha256).
 """
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -15,8 +18,11 @@ from typing import Any
 
 import torch
 
-from ssr.errors import CheckpointError
+from ssr.config import StorageConfig
+from ssr.errors import CheckpointError, StorageError
 from ssr.fsutil import atomic_path
+from ssr.storage import is_s3, join, load_latest, read_bytes, write_bytes
+from ssr.storage.s3 import ObjectNotFoundError
 
 LAST = "last.pth"
 BEST = "best_model.pth"
@@ -27,8 +33,28 @@ def epoch_name(epoch: int) -> str:
     return f"checkpoint_epoch_{epoch}.pth"
 
 
-def save_checkpoint(state: dict[str, Any], directory: str, name: str) -> str:
-    """Write ``state`` to ``directory/name`` atomically (temp file, then rename); return it."""
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """``state`` serialised with ``torch.save``."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(
+    state: dict[str, Any],
+    directory: str,
+    name: str,
+    storage: StorageConfig | None = None,
+    data: bytes | None = None,
+) -> str:
+    """Write ``state`` (or its bytes ``data``) to ``directory/name`` completely; return it.
+
+    Local: temp file, then rename. S3: one PutObject or a multipart upload (see ssr.storage).
+    """
+    if is_s3(directory):
+        uri = join(directory, name)
+        write_bytes(uri, data if data is not None else checkpoint_bytes(state), storage)
+        return uri
     target = Path(directory) / name
     try:
         with atomic_path(target) as tmp:
@@ -38,24 +64,38 @@ def save_checkpoint(state: dict[str, Any], directory: str, name: str) -> str:
     return str(target)
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU, safely (``weights_only=True``).
+def load_checkpoint(path: str, storage: StorageConfig | None = None) -> dict[str, Any]:
+    """Load a checkpoint (local path or ``s3://`` URI) onto the CPU, safely (``weights_only``).
 
     Raises CheckpointError naming ``path`` when it is missing, truncated, corrupt, not a
     checkpoint dict, or would need unsafe unpickling.
     """
+    if is_s3(path):
+        try:
+            return load_checkpoint_bytes(read_bytes(path, storage), path)
+        except ObjectNotFoundError:
+            raise CheckpointError(f"{path}: checkpoint not found") from None
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    return _torch_load(p, path)
+
+
+def load_checkpoint_bytes(data: bytes, source: str) -> dict[str, Any]:
+    """Load checkpoint bytes (``weights_only=True``); errors name ``source``."""
+    return _torch_load(io.BytesIO(data), source)
+
+
+def _torch_load(f: Path | io.BytesIO, path: str) -> dict[str, Any]:
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
         raise CheckpointError(
             f"{path}: refused, the file needs unsafe unpickling (only weights and plain "
             f"containers are loaded): {first}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint: {first}") from None
     if not isinstance(state, dict):
@@ -65,7 +105,20 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return state
 
 
-def find_resume(directory: str) -> str | None:
-    """``directory/last.pth`` if it exists (``--resume auto``), else None."""
-    candidate = os.path.join(directory, LAST)
-    return candidate if os.path.isfile(candidate) else None
+def find_resume(
+    directory: str, storage: StorageConfig | None = None
+) -> tuple[dict[str, Any], str] | None:
+    """The newest complete resume checkpoint of ``directory`` (``--resume auto``) and its URI.
+
+    Found through ``latest.json`` and verified against it (size, sha256); None when the
+    directory has no pointer yet (a fresh start).
+    """
+    try:
+        found = load_latest(directory, storage)
+    except StorageError as exc:
+        raise CheckpointError(f"{directory}: cannot read the resume pointer: {exc}") from None
+    if found is None:
+        return None
+    pointer, data = found
+    source = join(directory, pointer.checkpoint)
+    return load_checkpoint_bytes(data, source), source

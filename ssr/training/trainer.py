@@ -8,6 +8,9 @@ import contextlib
 import logging
 import math
 import platform
+import signal
+import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +29,10 @@ from ssr.errors import CheckpointError, ConfigError
 from ssr.evaluation import accuracy, confusion_matrix, macro_f1, predict
 from ssr.model import build_model, parameter_count
 from ssr.plots import plot_confusion_matrix, plot_predictions
+from ssr.storage import CheckpointPublisher, download_to, exists, is_s3, join, localize, upload_dir
 from ssr.tracking.base import NullTracker, Tracker
 from ssr.training import distributed
-from ssr.training.checkpoint import BEST, LAST, epoch_name, save_checkpoint
+from ssr.training.checkpoint import BEST, LAST, checkpoint_bytes, epoch_name, save_checkpoint
 from ssr.training.early_stopping import EarlyStopping
 from ssr.training.runtime import (
     OOM_ADVICE,
@@ -61,6 +65,7 @@ class TrainResult:
     best_checkpoint: str | None
     history: list[dict[str, float]] = field(default_factory=list)
     stop_requested: bool = False
+    preempted: bool = False  # stopped by request_stop(now=True), e.g. SIGTERM
 
 
 def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> float:
@@ -86,13 +91,25 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.amp_dtype = autocast_dtype(cfg.training.precision, self.device)
         self._stop = False
+        self._stop_now = False  # preemption: stop after the current step
+        self._interrupted = False  # the current epoch was left part-way
+        self._resume_progress: dict[str, Any] | None = None
+        self._epoch_progress: dict[str, Any] = {}
+        self._epoch_start: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._staging: Path | None = None
+        self.publisher: CheckpointPublisher | None = None
         self.global_step = 0
         self.epoch = 0
 
     # -- stopping on request (e.g. a SIGTERM handler) ------------------------------------------
-    def request_stop(self) -> None:
-        """Finish the current epoch (validate, checkpoint), then return from :meth:`fit`."""
+    def request_stop(self, now: bool = False) -> None:
+        """Finish the current epoch (validate, checkpoint), then return from :meth:`fit`.
+
+        ``now=True`` (preemption) stops after the current training step instead and saves a
+        mid-epoch checkpoint that resumes exactly at the next batch.
+        """
         self._stop = True
+        self._stop_now = self._stop_now or now
 
     @property
     def stop_requested(self) -> bool:
@@ -101,6 +118,8 @@ class Trainer:
     # -- set-up --------------------------------------------------------------------------------
     def _load_data(self) -> None:
         root = self.cfg.data.processed_dir
+        if is_s3(root):  # mirrored into the local cache, then memory-mapped from there
+            root = str(localize(root, self.cfg.storage.cache_dir, self.cfg.storage))
         self.train_set = ProcessedSplit(root, "train")
         self.val_set = ProcessedSplit(root, "val")
         manifest = self.train_set.manifest
@@ -185,15 +204,23 @@ class Trainer:
             "best_val_loss": self.early_stopping.best,
             "best_epoch": self.early_stopping.best_epoch,
             "rng": rng_state(),
-            "sampler_generator": self.sampler_generator.get_state(),
-            "loader_generator": self.loader_generator.get_state(),
+            **self._generator_states(),
             "config": self.cfg.model_dump(),
             "labels": list(self.labels),
             "data_fingerprint": str(self.manifest.get("fingerprint", "")),
             "tracking": dict(self.tracker.run_ids()),
             "history": list(self.history),
             "world_size": self.dist.world_size,
+            "epoch_progress": dict(self._epoch_progress) if self._interrupted else None,
         }
+
+    def _generator_states(self) -> dict[str, torch.Tensor]:
+        # Mid-epoch: the states at the epoch's start, so a resume replays the same shuffle.
+        if self._interrupted and self._epoch_start is not None:
+            sampler, loader = self._epoch_start
+        else:
+            sampler, loader = self.sampler_generator.get_state(), self.loader_generator.get_state()
+        return {"sampler_generator": sampler, "loader_generator": loader}
 
     def _restore(self, state: dict[str, Any], source: str) -> None:
         missing = [
@@ -235,6 +262,9 @@ class Trainer:
         set_rng_state(state["rng"])
         self.sampler_generator.set_state(state["sampler_generator"])
         self.loader_generator.set_state(state["loader_generator"])
+        if state.get("epoch_progress"):  # saved mid-epoch: redo this epoch from its next batch
+            self._resume_progress = dict(state["epoch_progress"])
+            self.epoch -= 1
         log.info(
             "resumed from %s at epoch %d (step %d, best val loss %.4f)",
             source,
@@ -246,13 +276,19 @@ class Trainer:
     def _save(self, improved: bool) -> None:
         ckdir = self.cfg.training.checkpoint_dir
         state = self.state()
+        data = checkpoint_bytes(state)
         names = [LAST] + ([BEST] if improved else [])
-        if self.epoch % self.cfg.training.save_interval == 0:
+        if self.epoch % self.cfg.training.save_interval == 0 and not self._interrupted:
             names.append(epoch_name(self.epoch))
         for name in names:
-            path = save_checkpoint(state, ckdir, name)
+            path = save_checkpoint(state, ckdir, name, self.cfg.storage, data)
             if name == BEST:
                 self.best_checkpoint = path
+        # The resume copy goes up completely, then latest.json moves to it (ssr.storage.pointer).
+        if self.publisher is not None:
+            self.publisher.publish(
+                data, epoch=self.epoch, global_step=self.global_step, run_ids=state["tracking"]
+            )
         log.info("epoch %d: saved %s in %s", self.epoch, ", ".join(names), ckdir)
 
     # -- one epoch -----------------------------------------------------------------------------
@@ -263,13 +299,21 @@ class Trainer:
         if isinstance(self.train_sampler, DistributedSampler):
             self.train_sampler.set_epoch(self.epoch)
         total, count = 0.0, 0
+        progress, self._resume_progress = self._resume_progress, None
+        skip = int(progress["batches_done"]) if progress else 0
+        if progress:
+            total, count = float(progress["loss_total"]), int(progress["loss_count"])
+            log.info("epoch %d: continuing after batch %d", self.epoch, skip)
+        self._epoch_start = (self.sampler_generator.get_state(), self.loader_generator.get_state())
         bar = tqdm(
             self.train_loader,
             desc=f"epoch {self.epoch}/{tc.num_epochs}",
             leave=False,
             disable=not self.dist.is_main,
         )
-        for batch in bar:
+        for i, batch in enumerate(bar):
+            if i < skip:  # done before the preemption; the shuffle is replayed identically
+                continue
             batch = batch.to(self.device, non_blocking=True)
             with autocast(self.device, self.amp_dtype):
                 logits = self.train_model(batch.x, batch.padding_mask())
@@ -296,6 +340,10 @@ class Trainer:
                 self.tracker.log_metrics(
                     {"train/loss": value, "train/lr": lr}, step=self.global_step
                 )
+            self._epoch_progress = {"batches_done": i + 1, "loss_total": total, "loss_count": count}
+            if distributed.any_true(self._stop_now, self.device):
+                self._interrupted = True
+                break
         return total / max(count, 1)
 
     def validate(self) -> dict[str, Any]:
@@ -320,8 +368,17 @@ class Trainer:
             "confusion_matrix": cm,
         }
 
+    def _output_dir(self) -> Path:
+        """``training.output_dir``, or a local staging dir uploaded to it when it is s3."""
+        out = self.cfg.training.output_dir
+        if not is_s3(out):
+            return Path(out)
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="ssr-outputs-"))
+        return self._staging
+
     def _visualise(self, val: dict[str, Any]) -> None:
-        outdir = Path(self.cfg.training.output_dir)
+        outdir = self._output_dir()
         step = self.epoch
         cm_path = plot_confusion_matrix(
             val["confusion_matrix"],
@@ -356,6 +413,8 @@ class Trainer:
         )
         self.tracker.log_image(cm_path, key="val/confusion_matrix", step=step)
         self.tracker.log_image(pred_path, key="val/predictions", step=step)
+        if self._staging is not None:
+            upload_dir(self._staging, self.cfg.training.output_dir, self.cfg.storage)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(
@@ -393,10 +452,11 @@ class Trainer:
 
                 resume_state = load_checkpoint(resume)  # type: ignore[arg-type]
             self._restore(resume_state, resume or "<resume state>")
-            best = Path(tc.checkpoint_dir) / BEST
-            self.best_checkpoint = str(best) if best.is_file() else None
+            best = join(tc.checkpoint_dir, BEST)
+            self.best_checkpoint = best if exists(best, self.cfg.storage) else None
         main = self.dist.is_main
         if main:
+            self.publisher = CheckpointPublisher(tc.checkpoint_dir, self.cfg.storage)
             self.tracker.log_params(self.cfg.flat())
             self.tracker.set_tags(
                 {
@@ -425,6 +485,11 @@ class Trainer:
         while self.epoch < tc.num_epochs and not stopped_early and not self._stop:
             self.epoch += 1
             train_loss = self.train_epoch()
+            if self._interrupted:  # preempted mid-epoch: save the position, skip validation
+                if main:
+                    self._save(improved=False)
+                distributed.barrier()
+                break
             val = self.validate()
             self.scheduler.step(val["loss"])
             improved = self.early_stopping.step(val["loss"], self.epoch)
@@ -474,7 +539,11 @@ class Trainer:
                 self.early_stopping.best_epoch,
             )
         if main and self.best_checkpoint:
-            self.tracker.log_artifact(self.best_checkpoint, artifact_path="checkpoints")
+            best_local = self.best_checkpoint
+            if is_s3(best_local):
+                tmp = Path(tempfile.mkdtemp(prefix="ssr-best-")) / BEST
+                best_local = str(download_to(best_local, tmp, self.cfg.storage))
+            self.tracker.log_artifact(best_local, artifact_path="checkpoints")
         return TrainResult(
             best_val_loss=self.early_stopping.best,
             best_epoch=self.early_stopping.best_epoch,
@@ -483,4 +552,29 @@ class Trainer:
             best_checkpoint=self.best_checkpoint,
             history=list(self.history),
             stop_requested=self._stop,
+            preempted=self._stop_now,
         )
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(trainer: Trainer) -> Iterator[None]:
+    """While active, SIGTERM asks ``trainer`` to stop after the current step and checkpoint.
+
+    A second SIGTERM gets the previous handler (by default: terminate at once). Outside the
+    main thread, signals cannot be handled and this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: object) -> None:
+        log.warning("SIGTERM: stopping after the current step and saving a checkpoint")
+        trainer.request_stop(now=True)
+        signal.signal(signal.SIGTERM, previous)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
