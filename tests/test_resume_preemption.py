@@ -19,7 +19,7 @@ from helpers_data import make_processed, tiny_overrides
 
 from ssr.cli import main
 from ssr.config import load_config
-from ssr.storage import publish, read_bytes, read_pointer, write_bytes
+from ssr.storage import list_objects, publish, read_bytes, read_pointer, write_bytes
 from ssr.training import run_training
 from ssr.training.checkpoint import find_resume, load_checkpoint
 
@@ -143,9 +143,15 @@ def test_killed_and_preempted_run_resumes_to_the_same_weights(setup, tmp_path):
 def test_resume_from_s3_uri_and_damaged_checkpoints(setup, tmp_path, capsys):
     bucket, processed, _ = setup
     ckdir = f"s3://{bucket}/run2"
-    args = _overrides(processed, tmp_path / "w", ckdir)
+    outputs = f"s3://{bucket}/outputs2"
+    args = _overrides(processed, tmp_path / "w", ckdir) + [
+        "training.viz_interval=1",
+        f"training.output_dir={outputs}",
+    ]
     args[args.index(f"training.num_epochs={EPOCHS}")] = "training.num_epochs=1"
     assert main(["train", *args, "--resume", "auto"]) == 0  # nothing to resume: fresh
+    plots = {o.name for o in list_objects(outputs)}
+    assert {"confusion_matrix_epoch_1.png", "predictions_epoch_1.png"} <= plots
     best = load_checkpoint(f"{ckdir}/best_model.pth")  # an explicit s3:// checkpoint loads
     assert best["epoch"] == 1
 

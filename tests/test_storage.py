@@ -177,6 +177,21 @@ def test_publish_and_localize_dir(s3_env, tmp_path):
         localize(f"s3://{parse_s3(uri).bucket}/missing", cache)
 
 
+def test_publish_cut_short_never_shows_the_manifest(s3_env, proxy, tmp_path):
+    src = tmp_path / "processed"
+    src.mkdir()
+    (src / "a_features.npy").write_bytes(os.urandom(3 * MB))
+    (src / "manifest.json").write_text("{}")
+    (src / "z_index.npy").write_bytes(os.urandom(1000))
+    uri = f"s3://{_bucket(s3_env)}/processed"
+    proxy.start(budget=2 * MB)  # the store goes away during the first, large file
+    with pytest.raises(StorageError):
+        publish(src, uri, StorageConfig(endpoint_url=proxy.endpoint, max_attempts=1))
+    assert not exists(join(uri, "manifest.json"))  # checked on the direct endpoint
+    publish(src, uri)
+    assert [o.name for o in list_objects(uri)] == ["a_features.npy", "manifest.json", "z_index.npy"]
+
+
 # --------------------------------------------------------------------------- failures
 
 
