@@ -131,3 +131,9 @@ k8s-render: ## render every overlay to build/k8s/OVERLAY.yaml (secrets from the 
 	  rm -rf "$$tmp"; echo "build/k8s/$$o.yaml"; \
 	done
 # ---- end containers and Kubernetes ----------------------------------------------------------
+
+# ---- model registry --------------------------------------------------------------------------
+PROMOTE_ARGS ?=
+.PHONY: promote
+promote: setup ## gate the challenger against the champion and promote it (PROMOTE_ARGS="--dry-run")
+	$(BIN)/ssr promote --config $(CONFIG) $(PROMOTE_ARGS)
