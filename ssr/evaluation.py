@@ -136,7 +136,9 @@ def evaluate(
     The model is rebuilt from the config stored in the checkpoint. The loss is plain
     cross-entropy (no label smoothing), so it is comparable across training configs.
     """
-    from ssr.training.checkpoint import load_checkpoint  # ssr.training imports this module
+    # ssr.training imports this module, so its parts are imported here, not at the top.
+    from ssr.training.checkpoint import load_checkpoint
+    from ssr.training.runtime import select_device
 
     tracker = tracker or NullTracker()
     state = load_checkpoint(checkpoint)
@@ -150,9 +152,7 @@ def evaluate(
         raise DataError(
             f"{processed_dir}: labels {data.label_names} differ from the checkpoint's {labels}"
         )
-    dev = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    )
+    dev = device if isinstance(device, torch.device) else select_device(device)
     model = build_model(cfg.model, len(labels))
     try:
         model.load_state_dict(state["model"])
