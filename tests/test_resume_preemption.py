@@ -84,6 +84,7 @@ def setup(s3_env, tmp_path):
     return bucket, processed, local
 
 
+@pytest.mark.slow
 def test_killed_and_preempted_run_resumes_to_the_same_weights(setup, tmp_path):
     bucket, processed, local = setup
     ckdir = f"s3://{bucket}/run1"
