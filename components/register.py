@@ -1,0 +1,37 @@
+"""KFP component: register the model in the MLflow registry and run the promotion gate."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model
+
+from components.image import SSR_IMAGE
+
+
+@dsl.component(base_image=SSR_IMAGE, install_kfp_package=False)
+def register(
+    processed: Input[Dataset],
+    model: Input[Model],
+    report: Input[Artifact],
+    pipeline_run_id: str,
+    config_yaml: str = "",
+    overrides: list = [],  # noqa: B006 - KFP parameter default
+    model_name: str = "ssr-emg",
+    min_accuracy: float = 0.5,
+    margin: float = 0.0,
+    p_value: float = 0.05,
+) -> str:
+    """Same as ``ssr register`` (challenger alias, gate, champion); returns the version."""
+    from ssr.steps import register_step
+
+    result = register_step(
+        processed.path,
+        model.path,
+        report.path,
+        pipeline_run_id,
+        config_yaml,
+        overrides,
+        model_name,
+        min_accuracy,
+        margin,
+        p_value,
+    )
+    return str(result["version"])

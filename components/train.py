@@ -1,0 +1,23 @@
+"""KFP component: train the model with automatic resume, export the best checkpoint."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.image import SSR_IMAGE
+
+
+@dsl.component(base_image=SSR_IMAGE, install_kfp_package=False)
+def train(
+    processed: Input[Dataset],
+    model: Output[Model],
+    checkpoint_dir: str,
+    config_yaml: str = "",
+    overrides: list = [],  # noqa: B006 - KFP parameter default
+    epochs: int = 30,
+) -> float:
+    """Same as ``ssr train --resume auto``; returns the best validation loss."""
+    from ssr.steps import train_step
+
+    result = train_step(processed.path, model.path, checkpoint_dir, config_yaml, overrides, epochs)
+    model.metadata.update(result)
+    return float(result["best_val_loss"])

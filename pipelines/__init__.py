@@ -1,0 +1,1 @@
+"""KFP pipelines chaining the components in :mod:`components`."""

@@ -1,0 +1,162 @@
+"""Pipeline steps: what each KFP component runs, expressed as ``ssr`` CLI invocations.
+
+Every step calls :func:`ssr.cli.main` with the same arguments a user would type, so whatever
+a component does the CLI can do too; the steps only lay out artifact folders and read back the
+files the commands wrote. A Dataset artifact folder holds ``processed/`` (the model-ready data
+set) and ``raw/test/`` (the raw test recordings the promotion gate may re-featurise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ssr.errors import SSRError
+
+log = logging.getLogger(__name__)
+
+PROCESSED = "processed"
+RAW = "raw"
+
+
+class StepError(SSRError):
+    """An ``ssr`` command run by a pipeline step exited with an error."""
+
+
+def run_cli(args: Sequence[str]) -> None:
+    """Run ``ssr ARGS`` in this process; raise :class:`StepError` on a non-zero exit."""
+    from ssr.cli import main
+
+    log.info("ssr %s", " ".join(args))
+    code = main(list(args))
+    if code:
+        raise StepError(f"`ssr {' '.join(args)}` exited with status {code}")
+
+
+def config_args(config_yaml: str, workdir: str | Path) -> list[str]:
+    """``["--config", FILE]`` holding ``config_yaml``, or ``[]`` for the embedded defaults."""
+    if not config_yaml.strip():
+        return []
+    path = Path(workdir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_yaml)
+    return ["--config", str(path)]
+
+
+def _split_dirs(raw: str) -> list[str]:
+    from ssr.storage import join
+
+    return [f"data.{name}_dir={join(raw, name)}" for name in ("train", "val", "test")]
+
+
+def preprocess_step(
+    artifact_dir: str,
+    data_uri: str,
+    config_yaml: str,
+    overrides: Sequence[str],
+    synth_args: Sequence[str],
+) -> dict[str, Any]:
+    """``ssr data synth`` (when ``data_uri`` is empty) then ``ssr preprocess`` into the artifact."""
+    from ssr.data.processed import read_manifest
+    from ssr.storage import is_s3, localize
+
+    out = Path(artifact_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_args = config_args(config_yaml, out / "config")
+    raw = out / RAW
+    if data_uri:
+        source = str(localize(data_uri, out / ".cache")) if is_s3(data_uri) else data_uri
+    else:
+        run_cli(["data", "synth", "--out", str(raw), *synth_args])
+        source = str(raw)
+    run_cli(
+        [
+            "preprocess",
+            *cfg_args,
+            *overrides,
+            *_split_dirs(source),
+            f"data.processed_dir={out / PROCESSED}",
+        ]
+    )
+    if data_uri:  # keep the raw test split beside the features for the promotion gate
+        shutil.copytree(Path(source) / "test", raw / "test", dirs_exist_ok=True)
+        if is_s3(data_uri):
+            shutil.rmtree(out / ".cache", ignore_errors=True)
+    manifest = read_manifest(out / PROCESSED)
+    return {
+        "fingerprint": manifest["fingerprint"],
+        "labels": manifest["labels"],
+        "utterances": {k: v["utterances"] for k, v in manifest["splits"].items()},
+    }
+
+
+def _data_overrides(artifact_dir: str) -> list[str]:
+    root = Path(artifact_dir)
+    return [f"data.processed_dir={root / PROCESSED}", f"data.test_dir={root / RAW / 'test'}"]
+
+
+def train_step(
+    artifact_dir: str,
+    model_path: str,
+    checkpoint_dir: str,
+    config_yaml: str,
+    overrides: Sequence[str],
+    epochs: int,
+) -> dict[str, Any]:
+    """``ssr train --resume auto`` (a retried step continues), then export ``best_model.pth``."""
+    from ssr.storage import download_to, join
+    from ssr.training.checkpoint import BEST, load_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_cli(
+            [
+                "train",
+                *config_args(config_yaml, tmp),
+                *overrides,
+                *_data_overrides(artifact_dir),
+                f"training.checkpoint_dir={checkpoint_dir}",
+                f"training.num_epochs={epochs}",
+                "--resume",
+                "auto",
+            ]
+        )
+    download_to(join(checkpoint_dir, BEST), model_path)
+    state = load_checkpoint(model_path)
+    return {
+        "best_val_loss": float(state.get("best_val_loss", float("nan"))),
+        "epoch": int(state.get("epoch", 0)),
+        "checkpoint_dir": checkpoint_dir,
+    }
+
+
+def evaluate_step(
+    artifact_dir: str, model_path: str, report_dir: str, config_yaml: str, overrides: Sequence[str]
+) -> dict[str, Any]:
+    """``ssr evaluate --split test``; returns scalars, labels and the confusion matrix."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_cli(
+            [
+                "evaluate",
+                *config_args(config_yaml, tmp),
+                *overrides,
+                *_data_overrides(artifact_dir),
+                "--checkpoint",
+                model_path,
+                "--split",
+                "test",
+                "--out",
+                report_dir,
+            ]
+        )
+    metrics = json.loads((Path(report_dir) / "metrics.json").read_text())
+    scalars = {k: float(metrics[k]) for k in ("accuracy", "macro_f1", "loss")}
+    return {
+        "scalars": scalars,
+        "labels": list(metrics["labels"]),
+        "confusion_matrix": [[int(v) for v in row] for row in metrics["confusion_matrix"]],
+    }
