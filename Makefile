@@ -137,3 +137,10 @@ PROMOTE_ARGS ?=
 .PHONY: promote
 promote: setup ## gate the challenger against the champion and promote it (PROMOTE_ARGS="--dry-run")
 	$(BIN)/ssr promote --config $(CONFIG) $(PROMOTE_ARGS)
+
+# ---- experiment tracking ---------------------------------------------------------------------
+MLFLOW_STORE ?= sqlite:///mlflow.db
+MLFLOW_UI_PORT ?= 5000
+.PHONY: mlflow-ui
+mlflow-ui: setup ## browse local MLflow runs (MLFLOW_STORE, default sqlite:///mlflow.db) on port 5000
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
