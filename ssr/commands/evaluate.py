@@ -27,9 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ssr.evaluation import default_out_dir, evaluate
+    from ssr.storage import localize
     from ssr.tracking.base import open_tracker
 
     cfg = config_from_args(args)
+    # An s3:// data set is mirrored into the local cache (only changed objects are fetched).
+    cfg.data.processed_dir = str(
+        localize(cfg.data.processed_dir, cfg.storage.cache_dir, cfg.storage)
+    )
     out = args.out or default_out_dir(cfg.training.output_dir, args.split)
     from ssr.tracking.context import data_fingerprint
 

@@ -20,6 +20,7 @@ from ssr.data.fingerprint import fingerprint_splits
 from ssr.data.formats import Utterance, read_dir
 from ssr.data.processed import SPLITS, SplitArrays, write_processed
 from ssr.errors import DataError
+from ssr.storage import is_s3, localize, publish
 
 __all__ = [
     "FeatureExtractor",
@@ -120,9 +121,16 @@ def _featurise(
 
 
 def run_preprocess(cfg: Config) -> Path:
-    """Preprocess the configured train/val/test splits into ``data.processed_dir``; return it."""
+    """Preprocess the configured train/val/test splits into ``data.processed_dir``; return it.
+
+    Split folders and ``processed_dir`` may be ``s3://`` URIs: inputs are mirrored into
+    ``storage.cache_dir`` first, and the finished data set is uploaded with its manifest last.
+    """
     dirs = {"train": cfg.data.train_dir, "val": cfg.data.val_dir, "test": cfg.data.test_dir}
-    raw = {name: load_split(dirs[name], cfg, cfg.data.format) for name in SPLITS}
+    local = {
+        name: str(localize(uri, cfg.storage.cache_dir, cfg.storage)) for name, uri in dirs.items()
+    }
+    raw = {name: load_split(local[name], cfg, cfg.data.format) for name in SPLITS}
     labels = check_labels(raw["train"], {"val": raw["val"], "test": raw["test"]})
     label_ids = {label: i for i, label in enumerate(labels)}
 
@@ -152,12 +160,18 @@ def run_preprocess(cfg: Config) -> Path:
         {
             "labels": labels,
             "preprocessing": {k: data[k] for k in PREPROCESSING_KEYS} | {"format": cfg.data.format},
-            "fingerprint": fingerprint_splits(raw, dirs),
+            "fingerprint": fingerprint_splits(raw, local),
             "created_by": f"ssr {ssr.__version__}",
             "sources": {name: str(dirs[name]) for name in SPLITS},
         }
     )
-    out = write_processed(cfg.data.processed_dir, manifest, splits)
+    target = cfg.data.processed_dir
+    if is_s3(target):
+        staging = Path(cfg.storage.cache_dir) / "processed-upload" / Path(target[5:]).name
+        out = write_processed(staging, manifest, splits)
+        publish(out, target, cfg.storage)
+    else:
+        out = write_processed(target, manifest, splits)
     log.info(
         "preprocessed %s utterances into %s (fingerprint %s)",
         ", ".join(f"{n}={len(raw[n])}" for n in SPLITS),
