@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,16 +116,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def git_commit() -> str:
-    """The commit of the source tree ssr runs from, or ``unknown``."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    """The source checkout's commit, else ``$SSR_GIT_COMMIT``, else ``unknown``."""
+    from ssr.tracking.context import git_commit as source_commit
+
+    return source_commit()
