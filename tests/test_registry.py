@@ -17,7 +17,6 @@ from mlflow.tracking import MlflowClient
 import ssr.training  # noqa: F401  (before ssr.evaluation: they import each other)
 from ssr.cli import main
 from ssr.config import Config, load_config
-from ssr.data.formats import read_native
 from ssr.data.preprocess import run_preprocess
 from ssr.data.processed import ProcessedSplit, collate
 from ssr.data.synth import SynthOptions, generate
@@ -31,6 +30,7 @@ from ssr.registry.promote import (
     PromotionLock,
     alias_version,
     check_consistent,
+    copy_version,
     promote,
     promote_across,
     read_history,
@@ -118,20 +118,50 @@ def registry(mlflow_server, s3_env, monkeypatch: pytest.MonkeyPatch) -> MlflowCl
     return MlflowClient(mlflow_server.uri, mlflow_server.uri)
 
 
+@pytest.fixture(scope="module")
+def registered(world: dict, mlflow_server, s3_server) -> dict:
+    """The three checkpoints registered once (good with the PyTorch flavour too)."""
+    name = f"ssr-emg-src-{uuid.uuid4().hex[:8]}"
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {
+            **s3_server.env,
+            "MLFLOW_TRACKING_URI": mlflow_server.uri,
+            "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
+        }.items():
+            mp.setenv(key, value)
+        cfg = _config(world["root"], f"registry.model_name={name}")
+        versions = {
+            "good": register_model(
+                cfg.model_copy(
+                    update={"registry": cfg.registry.model_copy(update={"log_pytorch_model": True})}
+                ),
+                *world["good"],
+                pipeline_run_id="pipe-1",
+            ),
+            "bad": register_model(cfg, *world["bad"]),
+            "good2": register_model(cfg, *world["good2"]),
+        }
+    return {"name": name, **versions}
+
+
 def _accuracy(eval_dir: str) -> float:
     return json.loads((Path(eval_dir) / "metrics.json").read_text())["accuracy"]
 
 
-def test_register_gate_promote_rollback_and_serve(world: dict, registry: MlflowClient) -> None:
+def _new_model(registry: MlflowClient, registered: dict, *keys: str) -> tuple[str, list[str]]:
+    """A fresh registered model holding copies of the given registered versions."""
     name = f"ssr-emg-{uuid.uuid4().hex[:8]}"
-    cfg = _config(world["root"], f"registry.model_name={name}", "registry.log_pytorch_model=true")
-    good, bad = world["good"], world["bad"]
-    assert _accuracy(good[1]) > _accuracy(bad[1])
+    src = registered["name"]
+    return name, [copy_version(registry, src, registered[k].version, name) for k in keys]
 
-    v1 = register_model(cfg, *good, pipeline_run_id="pipe-1")
-    assert alias_version(registry, name, CHALLENGER) == v1.version
-    mv = registry.get_model_version(name, v1.version)
-    assert float(mv.tags["test.accuracy"]) == pytest.approx(_accuracy(good[1]), abs=1e-5)
+
+def test_register_records_tags_and_artifacts(
+    world: dict, registered: dict, registry: MlflowClient
+) -> None:
+    name, good = registered["name"], registered["good"]
+    assert alias_version(registry, name, CHALLENGER) == registered["good2"].version
+    mv = registry.get_model_version(name, good.version)
+    assert float(mv.tags["test.accuracy"]) == pytest.approx(_accuracy(world["good"][1]), abs=1e-5)
     assert {
         "test.macro_f1",
         "test.loss",
@@ -142,41 +172,56 @@ def test_register_gate_promote_rollback_and_serve(world: dict, registry: MlflowC
         "mlflow.run_url",
     } <= set(mv.tags)
     assert mv.tags["pipeline_run_id"] == "pipe-1" and mv.tags["train.wandb_run"] == "e/p/abc"
-    run_artifacts = {a.path for a in registry.list_artifacts(v1.run_id, "evaluation")}
-    assert "evaluation/predictions.json" in run_artifacts
-
-    first = promote(cfg, client=registry)
-    assert first.action == "promote" and first.champion_after == v1.version
-    assert alias_version(registry, name, CHAMPION) == v1.version
-    assert alias_version(registry, name, CHALLENGER) is None
-
-    v2 = register_model(_config(world["root"], f"registry.model_name={name}"), *bad)
-    dry = promote(cfg, client=registry, dry_run=True)
-    assert (
-        dry.action == "reject"
-        and "gate.decision" not in registry.get_model_version(name, v2.version).tags
+    assert mv.tags["mlflow.run_url"].startswith(registry.tracking_uri)
+    assert mv.run_id == good.run_id
+    run_artifacts = {a.path for a in registry.list_artifacts(good.run_id, "evaluation")}
+    assert {"evaluation/metrics.json", "evaluation/predictions.json"} <= run_artifacts
+    experiment = registry.get_run(good.run_id).info.experiment_id
+    logged = registry.search_logged_models(
+        experiment_ids=[experiment], filter_string="name = 'pytorch-model'"
     )
-    second = promote(cfg, client=registry)
-    assert second.action == "reject" and alias_version(registry, name, CHAMPION) == v1.version
+    assert good.run_id in {m.source_run_id for m in logged}
+    assert registered["bad"].run_id not in {m.source_run_id for m in logged}
+
+
+def test_gate_promotes_better_rejects_worse_and_rolls_back(
+    world: dict, registered: dict, registry: MlflowClient
+) -> None:
+    name, (v_good, v_bad) = _new_model(registry, registered, "good", "bad")
+    cfg = _config(world["root"], f"registry.model_name={name}")
+    good, bad = world["good"], world["bad"]
+    assert _accuracy(good[1]) > _accuracy(bad[1])
+
+    first = promote(cfg, client=registry, version=v_good)
+    assert first.action == "promote" and first.champion_after == v_good
+    assert alias_version(registry, name, CHAMPION) == v_good
+    assert registry.get_model_version(name, v_good).tags["gate.compared_against"] == "none"
+
+    dry = promote(cfg, client=registry, version=v_bad, dry_run=True)
+    assert dry.action == "reject"
+    assert "gate.decision" not in registry.get_model_version(name, v_bad).tags
+    second = promote(cfg, client=registry, version=v_bad)
+    assert second.action == "reject" and alias_version(registry, name, CHAMPION) == v_good
     decision = second.decision
-    cand = registry.get_model_version(name, v2.version).tags
-    champ = registry.get_model_version(name, v1.version).tags
-    assert cand["gate.decision"] == "reject" and cand["gate.compared_against"] == v1.version
+    cand = registry.get_model_version(name, v_bad).tags
+    champ = registry.get_model_version(name, v_good).tags
+    assert cand["gate.decision"] == "reject" and cand["gate.compared_against"] == v_good
     assert int(cand["gate.n01"]) == decision.n01 and int(cand["gate.n10"]) == decision.n10
     assert float(cand["gate.challenger_accuracy"]) == pytest.approx(_accuracy(bad[1]), abs=1e-5)
     assert float(cand["gate.champion_accuracy"]) == pytest.approx(_accuracy(good[1]), abs=1e-5)
-    assert champ[f"gate.vs_v{v2.version}.decision"] == "reject"
-    assert champ[f"gate.vs_v{v2.version}.p_value"] == cand["gate.p_value"]
+    assert champ[f"gate.vs_v{v_bad}.decision"] == "reject"
+    assert champ[f"gate.vs_v{v_bad}.p_value"] == cand["gate.p_value"]
     with pytest.raises(RegistryError, match="no previous champion"):
         rollback(cfg, client=registry)
 
     # environments: copy the champion to prod, then a bad release, then roll back
     prod = f"{name}-prod"
     promote_across(cfg, client=registry, source=name, target=prod)
-    bad_release = promote_across(cfg, client=registry, source=name, target=prod, version=v2.version)
+    bad_release = promote_across(cfg, client=registry, source=name, target=prod, version=v_bad)
     assert alias_version(registry, prod, CHAMPION) == bad_release.candidate
+    assert alias_version(registry, prod, PREVIOUS) == bad_release.champion_before
     assert registry.get_model_version(prod, bad_release.candidate).tags["promoted_from"] == (
-        f"{name}/{v2.version}"
+        f"{name}/{v_bad}"
     )
     back = rollback(cfg, client=registry, model_name=prod)
     assert alias_version(registry, prod, CHAMPION) == back.champion_after != bad_release.candidate
@@ -184,8 +229,7 @@ def test_register_gate_promote_rollback_and_serve(world: dict, registry: MlflowC
     assert alias_version(registry, prod, PREVIOUS) is None
 
     # the champion serves raw EMG from a fresh process with only the package installed
-    test_dir = Path(cfg.data.test_dir)
-    recording = sorted(test_dir.rglob("*.npz"))[0]
+    recording = sorted(Path(cfg.data.test_dir).rglob("*.npz"))[0]
     code = (
         "import sys, numpy as np, pandas as pd, mlflow.pyfunc\n"
         "emg = np.load(sys.argv[2])['emg']\n"
@@ -195,7 +239,7 @@ def test_register_gate_promote_rollback_and_serve(world: dict, registry: MlflowC
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri}
     proc = subprocess.run(
-        [sys.executable, "-c", code, f"models:/{name}@champion", str(recording)],
+        [sys.executable, "-c", code, f"models:/{prod}@champion", str(recording)],
         capture_output=True,
         text=True,
         env=env,
@@ -205,22 +249,17 @@ def test_register_gate_promote_rollback_and_serve(world: dict, registry: MlflowC
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     labels = ProcessedSplit(cfg.data.processed_dir, "test").label_names
+    assert len(rows) == 2
     assert set(rows[0]) == {"label", "confidence", *(f"p_{lab}" for lab in labels)}
     assert rows[0]["label"] in labels
     assert sum(rows[0][f"p_{lab}"] for lab in labels) == pytest.approx(1.0, abs=1e-5)
-    assert read_native(recording).label in labels
-
-    # the pytorch flavour was logged too, as a torch.export program
-    artifacts = {a.path for a in registry.list_artifacts(v1.run_id)}
-    assert "evaluation" in artifacts
-    assert registry.search_logged_models(
-        experiment_ids=[registry.get_run(v1.run_id).info.experiment_id],
-        filter_string="name = 'pytorch-model'",
-    )
+    assert rows[0]["confidence"] == pytest.approx(max(rows[0][f"p_{lab}"] for lab in labels))
 
 
-def test_concurrent_promotions_stay_consistent(world: dict, registry: MlflowClient) -> None:
-    name = f"ssr-emg-{uuid.uuid4().hex[:8]}"
+def test_concurrent_promotions_stay_consistent(
+    world: dict, registered: dict, registry: MlflowClient
+) -> None:
+    name, (base, *versions) = _new_model(registry, registered, "bad", "good", "good2")
     # lenient gate: any strictly better model is promoted, so both orders are possible
     cfg = _config(
         world["root"],
@@ -228,16 +267,14 @@ def test_concurrent_promotions_stay_consistent(world: dict, registry: MlflowClie
         "registry.min_accuracy=0.0",
         "registry.p_value=1.0",
     )
-    base = register_model(cfg, *world["bad"])
-    promote(cfg, client=registry)
-    versions = [register_model(cfg, *world[key]).version for key in ("good", "good2")]
+    promote(cfg, client=registry, version=base)
 
     errors: list[BaseException] = []
 
     def run(version: str) -> None:
         try:
             promote(cfg, client=registry, version=version)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(v,)) for v in versions]
@@ -248,18 +285,16 @@ def test_concurrent_promotions_stay_consistent(world: dict, registry: MlflowClie
     assert not errors
     history = check_consistent(registry, name)
     champion = alias_version(registry, name, CHAMPION)
-    assert champion in versions and history[0] == base.version and history[-1] == champion
+    assert champion in versions and history[0] == base and history[-1] == champion
     assert alias_version(registry, name, PREVIOUS) == history[-2]
     for version in versions:
         tags = registry.get_model_version(name, version).tags
         assert tags["gate.compared_against"] in history
         assert (tags["gate.decision"] == "promote") == (version in history)
-    # the second promoter was gated against the first one's result, never a stale champion
-    promoted = [v for v in versions if v in history]
-    if len(promoted) == 2:
-        later = history[-1]
-        assert registry.get_model_version(name, later).tags["gate.compared_against"] == history[-2]
-    assert not [m for m in registry.search_registered_models(f"name = '{name}.promotion-lock'")]
+        # each was gated against the champion of its turn, never a stale one
+        if version in history:
+            assert tags["gate.compared_against"] == history[history.index(version) - 1]
+    assert not registry.search_registered_models(f"name = '{name}.promotion-lock'")
 
 
 def test_lock_is_exclusive_and_expires(registry: MlflowClient) -> None:

@@ -348,6 +348,19 @@ def rollback(
         return result
 
 
+def copy_version(client: MlflowClient, source: str, version: str, target: str) -> str:
+    """Copy ``source`` version into registered model ``target`` (created if needed; the copy
+    keeps the tags) and tag it ``promoted_from``; return the new version. No alias moves."""
+    _model_version(client, source, version)
+    try:
+        copied = client.copy_model_version(f"models:/{source}/{version}", target)
+    except MlflowException as exc:
+        raise RegistryError(f"cannot copy {source}/{version} to {target}: {exc}") from None
+    new_version = str(copied.version)
+    client.set_model_version_tag(target, new_version, "promoted_from", f"{source}/{version}")
+    return new_version
+
+
 def promote_across(
     cfg: Config,
     *,
@@ -365,7 +378,7 @@ def promote_across(
     src_version = str(version) if version else alias_version(client, source, CHAMPION)
     if src_version is None:
         raise RegistryError(f"{source}: no version given and no {CHAMPION!r} alias")
-    src = _model_version(client, source, src_version)
+    _model_version(client, source, src_version)
     try:
         client.get_registered_model(target)
         target_exists = True
@@ -382,20 +395,8 @@ def promote_across(
             True,
             source=f"{source}/{src_version}",
         )
-    if not target_exists:
-        try:
-            client.create_registered_model(target, description=f"Promoted copies of {source}.")
-        except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in _error_code(exc):
-                raise RegistryError(f"cannot create registered model {target!r}: {exc}") from None
     with PromotionLock(client, target) as lock:
-        copied = client.copy_model_version(f"models:/{source}/{src_version}", target)
-        new_version = str(copied.version)
-        for key, value in (src.tags or {}).items():
-            client.set_model_version_tag(target, new_version, key, value)
-        client.set_model_version_tag(
-            target, new_version, "promoted_from", f"{source}/{src_version}"
-        )
+        new_version = copy_version(client, source, src_version, target)
         history = read_history(client, target)
         champion = alias_version(client, target, CHAMPION)
         if champion is not None and (not history or history[-1] != champion):
