@@ -104,6 +104,28 @@ def test_training_then_resume_log_one_continuous_run(processed, mlflow_server, t
     assert (f"best_model-{ids['wandb']}", "model") in second.artifacts
     assert first.exit_code == 0 and second.exit_code == 0
 
+    # evaluating the best checkpoint is a run of its own, job "evaluate", metrics under test/
+    best = str(work / "checkpoints" / "best_model.pth")
+    assert main(["evaluate", *resumed, "--checkpoint", best, "--out", str(tmp_path / "ev")]) == 0
+    (ev,) = [
+        r for r in client.search_runs([run.info.experiment_id]) if r.info.run_id != run.info.run_id
+    ]
+    assert ev.data.tags["job"] == "evaluate" and ev.info.status == "FINISHED"
+    assert ev.data.tags["data.fingerprint"] == fingerprint
+    assert ev.info.run_name.startswith(f"evaluate-h16-l1-{fingerprint[:8]}-")
+    accuracy = json.loads((tmp_path / "ev" / "metrics.json").read_text())["accuracy"]
+    assert ev.data.metrics["test/accuracy"] == pytest.approx(accuracy)
+    ev_files = [
+        a.path for a in client.list_artifacts(ev.info.run_id, "plots/test/confusion_matrix")
+    ]
+    assert any(p.endswith(".json") for p in ev_files) and any(p.endswith(".png") for p in ev_files)
+    assert {a.path for a in client.list_artifacts(ev.info.run_id, "evaluation")} == {
+        "evaluation/metrics.json",
+        "evaluation/predictions.json",
+    }
+    (wb_ev,) = [r for r in offline_runs(tmp_path) if r.config.get("tags.job") == "evaluate"]
+    assert wb_ev.series("test/accuracy", "epoch") == [(0, pytest.approx(accuracy))]
+
 
 class _StopServerAfterEpoch:
     """Forwards to a real tracker; stops the MLflow server once ``epoch`` has been logged."""
