@@ -180,11 +180,17 @@ def test_a_failing_backend_does_not_stop_the_others(mlflow_server, tmp_path, cap
     assert sum("broken" in w for w in warnings) == 1  # repeats of a failure streak are quiet
 
 
+@pytest.mark.slow  # starts (and restarts) its own MLflow server
 def test_mlflow_server_stopped_mid_run_buffers_then_flushes(s3_server, tmp_path):
     server = start_mlflow(tmp_path, s3_server)
     try:
         tracker = MlflowTracker(
-            server.uri, "test-outage", "outage", {"job": "train"}, retry_after=0.5
+            server.uri,
+            "test-outage",
+            "outage",
+            {"job": "train"},
+            retry_after=0.5,
+            max_retry_after=0.5,
         )
         run_id = tracker.run_ids()["mlflow"]
         tracker.log_metrics({"val/loss": 1.0}, step=1)

@@ -24,6 +24,8 @@ from ssr.tracking.context import data_fingerprint
 from ssr.training import run_training
 from ssr.training.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # real trainings; the outage test starts its own MLflow server
+
 STEPS_PER_EPOCH = 6  # 4 classes x 12 utterances, batch 8
 
 

@@ -2,7 +2,8 @@
 
 Every call is queued and the queue is sent at once, in order. When the server cannot be reached
 the queue is kept (metrics keep their original step and time) and the next send is tried after
-``retry_after`` seconds, so a dead server costs training one short failed request, not minutes.
+``retry_after`` seconds, doubling per failure in a row up to ``max_retry_after``; so a dead server
+costs training one short failed request now and then, not minutes.
 ``finish`` makes a last attempt; whatever still cannot be sent then is dropped with a warning.
 """
 
@@ -152,12 +153,15 @@ class MlflowTracker:
         tags: Mapping[str, str] | None = None,
         resume_run_id: str | None = None,
         retry_after: float = 30.0,
+        max_retry_after: float = 300.0,
         max_buffered_metrics: int = 100_000,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_name = run_name
         self.retry_after = retry_after
+        self.max_retry_after = max_retry_after
+        self._failures = 0
         self.max_buffered_metrics = max_buffered_metrics
         self.client = MlflowClient(tracking_uri)
         self._run_id: str | None = resume_run_id
@@ -229,19 +233,23 @@ class MlflowTracker:
                     log.warning("tracking: mlflow rejected %s, dropped: %s", head.kind, exc)
                     self._pop(len(batch))
                     continue
-                self._down_until = time.monotonic() + self.retry_after
+                # wait longer after each failure in a row: a hung server costs little time
+                delay = min(self.retry_after * 2**self._failures, self.max_retry_after)
+                self._failures += 1
+                self._down_until = time.monotonic() + delay
                 log.warning(
                     "tracking: mlflow %s failed (%s); %d calls buffered, retry in %.0fs",
                     head.kind,
                     _short(exc),
                     len(self._queue),
-                    self.retry_after,
+                    delay,
                 )
                 return
             self._pop(len(batch))
         if was_down:
             log.warning("tracking: mlflow reachable again; buffered calls sent")
         self._down_until = 0.0
+        self._failures = 0
 
     def _take_metrics(self) -> list[_Op]:
         batch, count = [], 0
