@@ -144,3 +144,14 @@ MLFLOW_UI_PORT ?= 5000
 .PHONY: mlflow-ui
 mlflow-ui: setup ## browse local MLflow runs (MLFLOW_STORE, default sqlite:///mlflow.db) on port 5000
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
+
+# ---- benchmarks ------------------------------------------------------------------------------
+.PHONY: bench
+BENCH_ARGS ?= --quick
+bench: setup ## run every benchmark in quick mode (BENCH_ARGS= for the full runs; see benchmarks/README.md)
+	$(BIN)/python benchmarks/bench_preprocess.py --minutes $(if $(BENCH_ARGS),0.5,10)
+	$(BIN)/python benchmarks/bench_train.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_dataloader.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_inference.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_quality.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_pipeline.py $(BENCH_ARGS)

@@ -110,8 +110,11 @@ def main() -> int:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--config", default=str(REPO / "configs" / "training_config.yaml"))
     parser.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on CPU")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: batch 4, 1 timed step")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: device,precision,compile
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup, args.batch_size = 1, 1, 4
 
     if args.one:
         device, precision, compiled = args.one.split(",")
@@ -121,6 +124,9 @@ def main() -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    from common import print_machine  # benchmarks/common.py (this script's folder)
+
+    print_machine(device)
     rows = []
     for dev, precision, compiled in variants(device, args.cpu_compile):
         cmd = [
