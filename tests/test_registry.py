@@ -328,6 +328,9 @@ def test_cli_promote_and_predict(
         f"registry.model_name={name}",
     ]
     ckpt, eval_dir = world["good"]
+    missing = str(tmp_path / "no-eval")
+    assert main(["register", "--checkpoint", ckpt, "--eval-dir", missing, *overrides]) == 2
+    assert "no-eval/metrics.json: missing" in capsys.readouterr().err
     assert main(["register", "--checkpoint", ckpt, "--eval-dir", eval_dir, *overrides]) == 0
     assert main(["promote", "--dry-run", *overrides]) == 0
     out = capsys.readouterr().out

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from ssr.cli import add_config_args, config_from_args
-from ssr.errors import ConfigError
+from ssr.errors import ConfigError, RegistryError
+
+if TYPE_CHECKING:
+    from ssr.registry.promote import PromotionResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +52,7 @@ def _fmt(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def format_result(result) -> str:  # PromotionResult
+def format_result(result: PromotionResult) -> str:
     """A small table of the comparison and what happened."""
     prefix = "dry run: would " if result.dry_run else ""
     rows = [
@@ -87,6 +91,8 @@ def format_result(result) -> str:  # PromotionResult
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
     from ssr.registry.promote import promote, promote_across, rollback
     from ssr.registry.register import connect
 
@@ -96,30 +102,30 @@ def run(args: argparse.Namespace) -> int:
     if args.rollback and args.source:
         raise ConfigError("--rollback and --from/--to are separate operations")
     client = connect(cfg)
-    if args.source:
-        result = promote_across(
-            cfg,
-            client=client,
-            source=args.source,
-            target=args.target,
-            version=args.version,
-            dry_run=args.dry_run,
-        )
-    elif args.rollback:
-        result = rollback(cfg, client=client, model_name=args.model_name, dry_run=args.dry_run)
-    else:
-        result = promote(
-            cfg,
-            client=client,
-            model_name=args.model_name,
-            version=args.version,
-            dry_run=args.dry_run,
-        )
+    try:
+        if args.source:
+            result = promote_across(
+                cfg,
+                client=client,
+                source=args.source,
+                target=args.target,
+                version=args.version,
+                dry_run=args.dry_run,
+            )
+        elif args.rollback:
+            result = rollback(cfg, client=client, model_name=args.model_name, dry_run=args.dry_run)
+        else:
+            result = promote(
+                cfg,
+                client=client,
+                model_name=args.model_name,
+                version=args.version,
+                dry_run=args.dry_run,
+            )
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow refused the operation: {exc.message}") from None
     if args.json:
-        payload = asdict(result)
-        if result.decision is not None:
-            payload["decision"]["promote"] = result.decision.promote
-        print(json.dumps(payload, indent=2))
+        print(json.dumps(asdict(result), indent=2))
     else:
         print(format_result(result))
     return 0

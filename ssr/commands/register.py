@@ -24,16 +24,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from ssr.errors import RegistryError
     from ssr.registry.register import register_model
 
     cfg = config_from_args(args)
-    info = register_model(
-        cfg,
-        args.checkpoint,
-        args.eval_dir,
-        pipeline_run_id=args.pipeline_run_id,
-        model_name=args.model_name,
-    )
+    try:
+        info = register_model(
+            cfg,
+            args.checkpoint,
+            args.eval_dir,
+            pipeline_run_id=args.pipeline_run_id,
+            model_name=args.model_name,
+        )
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow refused the registration: {exc.message}") from None
     print(
         f"registered {info.model_uri} (alias {', '.join(info.aliases)}; test accuracy "
         f"{info.tags['test.accuracy']}; run {info.run_id})"

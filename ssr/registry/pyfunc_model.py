@@ -115,7 +115,7 @@ class EmgClassifier(mlflow.pyfunc.PythonModel):
         return frame
 
     def predict(
-        self, context: Any, model_input: Any, params: dict[str, Any] | None = None
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         """Classify each row's raw EMG recording."""
         recordings = self._recordings(model_input)

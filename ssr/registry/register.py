@@ -243,7 +243,7 @@ def register_model(
                 _log_pytorch(model, split, train_cfg, len(labels))
             run_id = run.info.run_id
     tags["mlflow.run_id"] = run_id
-    tags["mlflow.run_url"] = _run_url(client, run_id)
+    tags["mlflow.run_url"] = _run_url(client, run.info.experiment_id, run_id)
     version = _create_version(name, pyfunc_info.model_uri, tags)
     client.set_registered_model_alias(name, CHALLENGER, version)
     log.info("registered %s version %s (run %s) as %s", name, version, run_id, CHALLENGER)
@@ -286,12 +286,11 @@ def _log_pytorch(
     )
 
 
-def _run_url(client: MlflowClient, run_id: str) -> str:
+def _run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str:
     uri = client.tracking_uri
     if not uri.startswith(("http://", "https://")):
         return f"runs:/{run_id}"
-    run = client.get_run(run_id)
-    return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def _create_version(name: str, source: str, tags: dict[str, str]) -> str:
