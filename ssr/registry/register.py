@@ -44,6 +44,14 @@ log = logging.getLogger(__name__)
 
 TAG_VALUE_LIMIT = 5000  # MLflow's limit on a model version tag value
 EXAMPLE_ROWS = 2
+# The pyfunc is logged as code (no pickled Python object): loading runs these lines.
+MODEL_CODE = """\
+import mlflow.models
+
+from ssr.registry.pyfunc_model import EmgClassifier
+
+mlflow.models.set_model(EmgClassifier())
+"""
 
 
 @dataclass
@@ -219,8 +227,9 @@ def register_model(
             MANIFEST: str(manifest_path),
         }
         example = _input_example(split)
-        classifier = EmgClassifier()
-        signature = _pyfunc_signature(classifier, artifacts, example)
+        signature = _pyfunc_signature(EmgClassifier(), artifacts, example)
+        model_code = tmpdir / "emg_classifier.py"
+        model_code.write_text(MODEL_CODE)
         run_name = f"register-{Path(checkpoint).stem}"
         with mlflow.start_run(run_name=run_name) as run:
             mlflow.set_tags(
@@ -233,7 +242,7 @@ def register_model(
             mlflow.log_artifact(str(Path(eval_dir) / "predictions.json"), "evaluation")
             pyfunc_info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=classifier,
+                python_model=str(model_code),
                 artifacts=artifacts,
                 signature=signature,
                 input_example=example,
