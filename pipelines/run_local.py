@@ -80,6 +80,14 @@ def _newest_run(root: Path) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
+def _task_output(task_dir: Path) -> Any:
+    """The return value of a task that ran (None when it was skipped, e.g. by the gate)."""
+    path = task_dir / "executor_output.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("parameterValues", {}).get("Output")
+
+
 def summarize(root: Path, elapsed: float, model_name: str) -> dict[str, Any]:
     """Collect the run's metrics, plots and registered model version."""
     run_dir = _newest_run(root)
@@ -92,8 +100,7 @@ def summarize(root: Path, elapsed: float, model_name: str) -> dict[str, Any]:
         summary["test_accuracy"] = round(float(values["accuracy"]), 4)
         summary["test_macro_f1"] = round(float(values["macro_f1"]), 4)
         summary["plots"] = sorted(str(p) for p in report.glob("*.png"))
-    registered = run_dir / "register" / "Output"
-    summary["registered_version"] = registered.read_text().strip() if registered.is_file() else None
+    summary["registered_version"] = _task_output(run_dir / "register")
     summary["model_name"] = model_name
     summary["mlflow_tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI")
     return summary

@@ -160,3 +160,51 @@ def evaluate_step(
         "labels": list(metrics["labels"]),
         "confusion_matrix": [[int(v) for v in row] for row in metrics["confusion_matrix"]],
     }
+
+
+def register_step(
+    artifact_dir: str,
+    model_path: str,
+    report_dir: str,
+    pipeline_run_id: str,
+    config_yaml: str,
+    overrides: Sequence[str],
+    model_name: str,
+    min_accuracy: float,
+    margin: float,
+    p_value: float,
+) -> dict[str, Any]:
+    """``ssr register`` then ``ssr promote --version V``: challenger, gate, maybe champion."""
+    from ssr.config import load_config
+    from ssr.registry.promote import promote
+    from ssr.registry.register import connect, register_model
+
+    gate = [
+        f"registry.model_name={model_name}",
+        f"registry.min_accuracy={min_accuracy}",
+        f"registry.margin={margin}",
+        f"registry.p_value={p_value}",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        args = config_args(config_yaml, tmp)
+        cfg = load_config(
+            args[1] if args else None, [*overrides, *_data_overrides(artifact_dir), *gate]
+        )
+    info = register_model(
+        cfg, model_path, report_dir, pipeline_run_id=pipeline_run_id, model_name=model_name
+    )
+    result = promote(cfg, client=connect(cfg), model_name=model_name, version=info.version)
+    log.info(
+        "registered %s version %s: %s (champion %s -> %s)",
+        model_name,
+        info.version,
+        result.action,
+        result.champion_before,
+        result.champion_after,
+    )
+    return {
+        "version": info.version,
+        "action": result.action,
+        "champion": result.champion_after,
+        "model_uri": info.model_uri,
+    }
