@@ -132,6 +132,18 @@ k8s-render: ## render every overlay to build/k8s/OVERLAY.yaml (secrets from the 
 	done
 # ---- end containers and Kubernetes ----------------------------------------------------------
 
+# ---- KFP pipeline ----------------------------------------------------------------------------
+GPUS ?= 1
+PIPELINE_YAML ?= build/ssr_pipeline.yaml
+RUN_LOCAL_ARGS ?=
+.PHONY: pipeline run-local
+pipeline: setup ## compile the KFP pipeline to build/ssr_pipeline.yaml (IMAGE, GPU_TYPE, GPUS)
+	$(BIN)/python -m pipelines.compile --image $(IMAGE) --gpu-type $(GPU_TYPE) --gpus $(GPUS) \
+	  --out $(PIPELINE_YAML)
+
+run-local: setup ## run the whole pipeline here via kfp.local: synthetic data -> registered model
+	$(BIN)/python -m pipelines.run_local --workdir local_outputs $(RUN_LOCAL_ARGS)
+
 # ---- model registry --------------------------------------------------------------------------
 PROMOTE_ARGS ?=
 .PHONY: promote

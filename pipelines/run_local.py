@@ -26,9 +26,10 @@ LOCAL_OVERRIDES = [
 
 
 def _prepare_env(workdir: Path) -> None:
-    """Local trackers: MLflow SQLite in ``workdir`` and W&B offline, unless the user set them."""
+    """Local trackers, unless the user set others: MLflow on ``mlflow.db`` in the current folder
+    (what ``make mlflow-ui`` browses) and W&B offline under ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path('mlflow.db').resolve()}")
     if not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_DIR", str(workdir.resolve()))
