@@ -39,6 +39,8 @@ from ssr.registry.promote import (
 from ssr.registry.register import register_model
 from ssr.training.checkpoint import save_checkpoint
 
+pytestmark = pytest.mark.slow  # real MLflow + S3 servers, a few registrations
+
 TINY = [
     "model.input_size=8",
     "model.hidden_size=16",
