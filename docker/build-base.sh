@@ -31,5 +31,6 @@ debootstrap --variant=minbase "$suite" "$rootfs" "$mirror"
 # Keep the image small: no package caches or lists (the Dockerfile runs apt-get update itself).
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
   "$rootfs"/var/log/* "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*
+chmod 755 "$rootfs"  # mktemp made it 0700: that would become the image's / and lock out non-root users
 tar -C "$rootfs" --numeric-owner -c . | "${docker[@]}" import - "$name"
 echo "imported base image $name"

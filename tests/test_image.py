@@ -81,24 +81,27 @@ def trust_local_ca() -> None:
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
+def built_commit() -> str:
+    """The commit the image is labelled with (HEAD when the build starts)."""
+    return run(["git", "rev-parse", "HEAD"], cwd=REPO).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def image(built_commit: str) -> str:
     ensure_base_image()
     trust_local_ca()
     run(make("wheelhouse"), cwd=REPO)
-    run(
-        make("image-cpu", f"IMAGE={IMAGE}", f"DOCKER_BUILD_FLAGS={PODMAN_FLAGS}", "VERSION=9.9.9"),
-        cwd=REPO,
-    )
+    build = make("image-cpu", f"IMAGE={IMAGE}", f"DOCKER_BUILD_FLAGS={PODMAN_FLAGS}")
+    run([*build, "VERSION=9.9.9", f"GIT_COMMIT={built_commit}"], cwd=REPO)
     return IMAGE
 
 
-def test_image_metadata_and_contents(image: str) -> None:
+def test_image_metadata_and_contents(image: str, built_commit: str) -> None:
     info = json.loads(run(podman("image", "inspect", image)).stdout)[0]
     config = info["Config"]
     labels = config["Labels"]
     assert labels["org.opencontainers.image.version"] == "9.9.9"
-    commit = run(["git", "rev-parse", "HEAD"], cwd=REPO).stdout.strip()
-    assert labels["org.opencontainers.image.revision"] == commit
+    assert labels["org.opencontainers.image.revision"] == built_commit
     assert config["User"] == "1000:1000"
     assert config["Entrypoint"] == ["ssr-entrypoint"]
     flags = PODMAN_FLAGS.split()
@@ -149,7 +152,7 @@ def test_preprocess_component_in_image(image: str, tmp_path: Path) -> None:
         features = np.load(processed / f"{split}_features.npy", mmap_mode="r")
         index = np.load(processed / f"{split}_index.npy")
         assert features.ndim == 3 and features.shape[1] == 8
-        assert len(index) > 0 and int(index[:, 0].max() + index[:, 1].max()) <= len(features)
+        assert len(index) > 0 and int((index[:, 0] + index[:, 1]).max()) <= len(features)
         assert np.isfinite(features).all()
     if os.geteuid() == 0:
         # The component ran as the image's non-root user: its files belong to uid 1000.
