@@ -26,6 +26,7 @@ from common import (
     make_data,
     print_machine,
     print_table,
+    set_threads,
     time_calls,
 )
 
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlflow
 
+    set_threads(args.threads)
     print_machine("cpu")
     emgs = recordings(8)
     with tempfile.TemporaryDirectory(prefix="ssr-bench-") as tmp:

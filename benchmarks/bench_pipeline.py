@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, add_common_args, print_machine, print_table
+from common import REPO, add_common_args, print_machine, print_table, set_threads
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Executing task '?([\w-]+)'?")
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs = args.epochs or (1 if args.quick else 5)
     synth = QUICK_SYNTH if args.quick else []
 
+    set_threads(args.threads)
     print_machine("cpu")
     with tempfile.TemporaryDirectory(prefix="ssr-bench-") as tmp:
         work = Path(args.workdir or tmp)

@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import SMALL_MODEL, BenchData, add_common_args, make_data, print_machine, print_table
+from common import (
+    SMALL_MODEL,
+    BenchData,
+    add_common_args,
+    make_data,
+    print_machine,
+    print_table,
+    set_threads,
+)
 
 RMS_WINDOW_S = 0.05
 TIME_BINS = 10
@@ -144,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             **models,
         }
 
+    set_threads(args.threads)
     print_machine("cpu")
     with tempfile.TemporaryDirectory(prefix="ssr-bench-") as tmp:
         work = Path(args.workdir or tmp)

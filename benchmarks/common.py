@@ -151,6 +151,21 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workdir", default=None, help="where to write data and models (default: a temp dir)"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice; 1 is faster on a busy machine)",
+    )
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` torch intra-op threads (also for child processes); None keeps the default."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 @dataclass

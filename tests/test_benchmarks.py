@@ -1,0 +1,101 @@
+"""Smoke tests: every benchmark script's quick mode runs, exits 0 and prints its Markdown table."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+
+
+def run_bench(script: str, *args: str, timeout: int = 300) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def table(stdout: str, header_start: str) -> list[list[str]]:
+    """The rows (cells) of the Markdown table whose header starts with ``header_start``."""
+    lines = stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(f"| {header_start}")]
+    assert starts, f"no table with header {header_start!r} in:\n{stdout}"
+    i = starts[0]
+    assert re.fullmatch(r"\|(-{3}:?\|)+", lines[i + 1].replace(":-", "-")), lines[i + 1]
+    rows = []
+    for line in lines[i + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    assert rows, "table has no rows"
+    return rows
+
+
+def test_machine_line_and_table_helpers() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from common import Timing, machine_info, markdown_table
+    finally:
+        sys.path.remove(str(BENCH))
+    info = machine_info()
+    assert info["cores"] >= 1 and info["torch"]
+    text = markdown_table(["a", "b"], [["x", 1.5]])
+    assert text.splitlines() == ["| a | b |", "|---|---:|", "| x | 1.5 |"]
+    timing = Timing([1.0, 2.0, 3.0, 4.0])
+    assert timing.percentile(50) == 2.5 and timing.percentile(100) == 4.0
+
+
+def test_dataloader_quick() -> None:
+    out = run_bench("bench_dataloader.py", "--quick")
+    assert out.startswith("machine: ")
+    rows = table(out, "num_workers")
+    assert {r[0] for r in rows} == {"0", "2"}
+    assert all(float(r[4].rstrip("x").replace(",", "")) > 0 for r in rows)
+
+
+def test_inference_quick() -> None:
+    out = run_bench("bench_inference.py", "--quick")
+    rows = table(out, "model | batch")
+    single = next(r for r in rows if r[1] == "1")
+    assert 0 < float(single[2]) <= float(single[3])  # p50 <= p95
+
+
+def test_quality_quick() -> None:
+    out = run_bench("bench_quality.py", "--quick")
+    rows = table(out, "model | parameters")
+    assert any("logistic" in r[0] for r in rows) and any("transformer" in r[0] for r in rows)
+    for r in rows:
+        assert 0.0 <= float(r[5].rstrip("%")) <= 100.0
+        assert 0.0 <= float(r[6]) <= 1.0
+
+
+def test_train_quick() -> None:
+    out = run_bench("bench_train.py", "--quick")
+    assert "machine: " in out
+    rows = table(out, "device")
+    assert rows[0][0].startswith("cpu") and float(rows[0][3]) > 0
+
+
+def test_preprocess_short() -> None:
+    out = run_bench("bench_preprocess.py", "--minutes", "0.2")
+    rows = table(out, "implementation")
+    assert len(rows) == 2
+
+
+@pytest.mark.slow
+def test_pipeline_quick(tmp_path: Path) -> None:
+    out = run_bench("bench_pipeline.py", "--quick", "--workdir", str(tmp_path), timeout=900)
+    rows = table(out, "step")
+    assert [r[0] for r in rows][:4] == ["preprocess", "train", "evaluate", "register"]
+    assert float(rows[-1][1]) > 0
