@@ -101,6 +101,11 @@ def summarize(root: Path, elapsed: float, model_name: str) -> dict[str, Any]:
         summary["test_accuracy"] = round(float(values["accuracy"]), 4)
         summary["test_macro_f1"] = round(float(values["macro_f1"]), 4)
         summary["plots"] = sorted(str(p) for p in report.glob("*.png"))
+    training_plots = root.parent / "outputs"
+    for kind in ("confusion_matrix", "predictions"):  # the last epoch's validation plots
+        found = sorted(training_plots.glob(f"{kind}_epoch_*.png"), key=os.path.getmtime)
+        if found:
+            summary.setdefault("plots", []).append(str(found[-1]))
     summary["registered_version"] = _task_output(run_dir / "register")
     summary["model_name"] = model_name
     summary["mlflow_tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI")

@@ -64,7 +64,7 @@ def plot_predictions(
     k = len(features)
     if k == 0:
         raise ValueError("plot_predictions needs at least one utterance")
-    fig = Figure(figsize=(3.2 * k, 3.4))
+    fig = Figure(figsize=(3.2 * k, 3.8), layout="constrained")
     for i, feat in enumerate(features):
         ax = fig.add_subplot(1, k, i + 1)
         frames = np.asarray(feat).reshape(len(feat), -1)  # (T, C*F)
