@@ -25,6 +25,7 @@ from common import (
     make_data,
     print_machine,
     print_table,
+    run_main,
     set_threads,
 )
 
@@ -171,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -26,6 +26,7 @@ from common import (
     make_data,
     print_machine,
     print_table,
+    run_main,
     set_threads,
 )
 
@@ -187,4 +188,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

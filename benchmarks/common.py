@@ -159,6 +159,17 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def run_main(main: Callable[[], int]) -> int:
+    """Run a benchmark's ``main``; an :class:`~ssr.errors.SSRError` prints one line, exit 2."""
+    from ssr.errors import SSRError
+
+    try:
+        return main()
+    except SSRError as exc:
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def set_threads(threads: int | None) -> None:
     """Use ``threads`` torch intra-op threads (also for child processes); None keeps the default."""
     if threads:
