@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         rows,
         [False, True, True, True],
     )
+    if spans:
+        outside = wall - sum(spans.values())
+        print(f"\nkfp.local time outside the steps (start-up, orchestration): {outside:.1f} s")
     return 0
 
 
