@@ -98,3 +98,22 @@ def test_empty_or_missing_dir(tmp_path: Path) -> None:
         read_dir(tmp_path)
     with pytest.raises(DataError, match="split directory not found"):
         read_dir(tmp_path / "nope")
+
+
+def test_atomic_outputs_get_the_usual_modes(tmp_path):
+    """Temp-then-rename must not leave 0600/0700 modes (containers run as another user)."""
+    import os
+    import stat
+
+    from ssr.fsutil import atomic_dir, atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.json") as tmp:
+            tmp.write_text("{}")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
