@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (8 if args.quick else 32)
 
     import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from ssr.tracking.mlflow_backend import ensure_experiment
 
     set_threads(args.threads)
     print_machine("cpu")
@@ -135,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             targets = {args.model_uri: args.model_uri}
         else:
             mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
-            mlflow.set_experiment("ssr-bench-inference")
+            # artifacts beside the throw-away database, not in ./mlruns
+            mlflow.set_experiment(
+                experiment_id=ensure_experiment(MlflowClient(), "ssr-bench-inference")
+            )
             data = make_data(work, quick=True)  # only its manifest (filters, statistics) matters
             sizes = {"small": (SMALL_MODEL, "small (hidden 64, 2 layers)")}
             if not args.quick:  # the seed-sized model takes too long for a CI run

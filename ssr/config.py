@@ -29,13 +29,16 @@ class ModelConfig(_Section):
     num_heads: int = Field(8, ge=1)
     num_layers: int = Field(6, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    max_frames: int = Field(1024, ge=1, description="longest utterance, in frames, the model accepts")
+    max_frames: int = Field(
+        1024, ge=1, description="longest utterance, in frames, the model accepts"
+    )
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_heads ({self.num_heads})"
             )
         return self
 
@@ -221,7 +224,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(_format_validation(exc, source)) from None
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+) -> Config:
     """Load a YAML config (or the embedded defaults when ``path`` is None) and apply overrides."""
     raw: dict[str, Any] = {}
     source = "<defaults>"

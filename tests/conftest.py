@@ -51,8 +51,9 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server
-                  ) -> Iterator[MlflowServer]:
+def mlflow_server(
+    tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server
+) -> Iterator[MlflowServer]:
     """A real ``mlflow server`` with a SQLite store and S3 artifacts, shared by the session."""
     server = start_mlflow(tmp_path_factory.mktemp("mlflow"), s3_server)
     yield server

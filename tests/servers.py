@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -26,12 +27,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0, log: Path | None = None) -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen, timeout: float = 60.0, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             detail = log.read_text()[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered\n{detail}")
+            raise RuntimeError(
+                f"server exited with {proc.returncode} before {url} answered\n{detail}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -63,10 +68,8 @@ class S3Server:
 
     def create_bucket(self, name: str) -> str:
         client = self.client()
-        try:
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=name)
-        except client.exceptions.BucketAlreadyOwnedByYou:
-            pass
         return name
 
 
@@ -83,7 +86,9 @@ def start_s3(workdir: Path, port: int | None = None) -> S3Server:
     log = workdir / f"moto-{port}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **S3_ENV},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **S3_ENV},
     )
     endpoint = f"http://127.0.0.1:{port}"
     wait_http(f"{endpoint}/moto-api/", proc, log=log)
@@ -108,14 +113,28 @@ class MlflowServer:
         self.proc = _launch_mlflow(self.port, self.backend, self.artifacts, self.env, self.log)
 
 
-def _launch_mlflow(port: int, backend: str, artifacts: str, env: dict[str, str], log: Path
-                   ) -> subprocess.Popen:
+def _launch_mlflow(
+    port: int, backend: str, artifacts: str, env: dict[str, str], log: Path
+) -> subprocess.Popen:
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", backend, "--artifacts-destination", artifacts,
-         "--workers", "1"],
-        stdout=log.open("a"), stderr=subprocess.STDOUT, env={**os.environ, **env},
+        [
+            str(mlflow_bin),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            artifacts,
+            "--workers",
+            "1",
+        ],
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
         start_new_session=True,
     )
     wait_http(f"http://127.0.0.1:{port}/health", proc, timeout=120, log=log)
@@ -136,10 +155,8 @@ def start_mlflow(workdir: Path, s3: S3Server, bucket: str = "mlflow-artifacts") 
 def stop_mlflow(server: MlflowServer) -> None:
     """Stop the server and its workers (it runs in its own process group)."""
     if server.proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(server.proc.pid, 15)
-        except ProcessLookupError:
-            pass
         try:
             server.proc.wait(15)
         except subprocess.TimeoutExpired:

@@ -41,15 +41,18 @@ class SplitArrays:
 
     def __post_init__(self) -> None:
         if self.features.ndim != 3:
-            raise ValueError(f"features must be 3-D (frames, channels, bins), got {self.features.shape}")
+            raise ValueError(
+                f"features must be 3-D (frames, channels, bins), got {self.features.shape}"
+            )
         if self.index.ndim != 2 or self.index.shape[1] != 3:
             raise ValueError(f"index must be (utterances, 3), got {self.index.shape}")
         if len(self.ids) != len(self.index):
             raise ValueError("ids and index disagree in length")
 
 
-def write_processed(out_dir: str | os.PathLike[str], manifest: dict[str, Any],
-                    splits: dict[str, SplitArrays]) -> Path:
+def write_processed(
+    out_dir: str | os.PathLike[str], manifest: dict[str, Any], splits: dict[str, SplitArrays]
+) -> Path:
     """Write a processed data set atomically: everything goes to a temp dir renamed at the end."""
     out = Path(out_dir)
     manifest = dict(manifest)

@@ -39,6 +39,7 @@ from ssr.data.processed import ProcessedSplit
 from ssr.errors import CheckpointError, DataError, RegistryError
 from ssr.registry.promote import CHALLENGER
 from ssr.registry.pyfunc_model import MANIFEST, MODEL_INFO, WEIGHTS, EmgClassifier
+from ssr.tracking.mlflow_backend import ensure_experiment
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def register_model(
         tags["train.wandb_run"] = str(run_ids["wandb"])
 
     experiment = cfg.tracking.mlflow.experiment
-    mlflow.set_experiment(experiment)
+    mlflow.set_experiment(experiment_id=ensure_experiment(client, experiment))
     with tempfile.TemporaryDirectory(prefix="ssr-register-") as tmp:
         tmpdir = Path(tmp)
         weights = tmpdir / "model.safetensors"

@@ -134,6 +134,29 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: 
     fig.savefig(path, dpi=100)
 
 
+def local_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts of a ``sqlite:///`` store go beside the database file, not in ``./mlruns``
+    of whatever folder the run happened to start in; None for other stores (server default)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///") :]).resolve()
+    return (db.parent / "mlruns" / _safe_path(experiment)).as_uri()
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created (race-safe) when missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = local_artifact_location(str(client.tracking_uri), name)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
 @dataclass
 class _Op:
     kind: str  # start, params, metrics, tags, artifact, terminate
@@ -316,16 +339,7 @@ class MlflowTracker:
                 )
                 log.info("tracking: mlflow resumes run %s", self._run_id)
                 return
-        exp = self.client.get_experiment_by_name(self.experiment)
-        if exp is None:
-            try:
-                exp_id = self.client.create_experiment(self.experiment)
-            except MlflowException as exc:
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                exp_id = self.client.get_experiment_by_name(self.experiment).experiment_id
-        else:
-            exp_id = exp.experiment_id
+        exp_id = ensure_experiment(self.client, self.experiment)
         run = self.client.create_run(exp_id, tags=run_tags, run_name=self.run_name)
         self._run_id = run.info.run_id
         log.info(
