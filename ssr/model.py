@@ -1,10 +1,13 @@
 """The spatiotemporal transformer over (frames, electrodes, spectral bins) EMG features.
 
-Each electrode's ``input_size`` bins are projected to ``hidden_size`` by one shared linear
-layer, plus a learned electrode embedding and a sinusoidal frame position encoding. Each of the
-``num_layers`` blocks attends first across the electrodes of one frame (spatial), then across
-the frames of one electrode (temporal, padding masked). A masked mean over valid frames and
-electrodes feeds the classifier, so padding never changes the output.
+Each electrode's log band powers are first centred on their mean over the utterance (valid
+frames, all bins): a recording session's electrode gain is an additive offset in log power, so
+this removes it. The ``input_size`` bins are then projected to ``hidden_size`` by one shared
+linear layer, plus a learned electrode embedding and a sinusoidal frame position encoding. Each
+of the ``num_layers`` blocks attends first across the electrodes of one frame (spatial), then
+across the frames of one electrode (temporal, padding masked). A masked mean over valid frames,
+taken per electrode, and the electrodes' vectors concatenated feed the classifier, so the
+electrode pattern reaches it and padding never changes the output.
 """
 
 from __future__ import annotations
@@ -101,7 +104,21 @@ class SpatiotemporalTransformer(nn.Module):
             FactorisedBlock(h, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers)
         )
         self.final_norm = nn.LayerNorm(h)
-        self.classifier = nn.Linear(h, num_classes)
+        self.classifier = nn.Linear(cfg.num_channels * h, num_classes)
+        self._init_for_stable_start()
+
+    def _init_for_stable_start(self) -> None:
+        """Small residual-branch outputs and classifier weights: training starts from nearly
+        uniform predictions and near-identity blocks, so deep models need no learning-rate
+        warmup."""
+        std = 0.02 / math.sqrt(4 * len(self.blocks))  # 4 residual branches per block
+        for block in self.blocks:
+            for layer in (block.spatial, block.temporal):
+                for out in (layer.attn_out, layer.ff_out):
+                    nn.init.normal_(out.weight, std=std)
+                    nn.init.zeros_(out.bias)
+        nn.init.normal_(self.classifier.weight, std=0.1 / math.sqrt(self.classifier.in_features))
+        nn.init.zeros_(self.classifier.bias)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise DataError when ``x`` does not fit this model's shape or ``max_frames``."""
@@ -127,15 +144,19 @@ class SpatiotemporalTransformer(nn.Module):
         b, t, c, _ = x.shape
         if padding_mask is None:
             padding_mask = torch.zeros(b, t, dtype=torch.bool, device=x.device)
+        valid = (~padding_mask).to(x.dtype)[:, :, None, None]  # (B, T, 1, 1)
+        frames = valid.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, 1, 1, 1)
+        # per electrode, minus its mean over valid frames and all bins: the session gain
+        x = x - (x * valid).sum(dim=(1, 3), keepdim=True) / (frames * x.shape[-1])
         pos = self.position_encoding[:t].to(x.dtype)
         h = self.input_proj(x) + self.electrode_embedding.weight + pos[None, :, None, :]
         h = self.input_dropout(h)
         for block in self.blocks:
             h = block(h, padding_mask)
-        h = self.final_norm(h).mean(dim=2)  # over electrodes -> (B, T, H)
-        valid = (~padding_mask).to(h.dtype)[..., None]
-        pooled = (h * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
-        return self.classifier(pooled)
+        h = self.final_norm(h)  # (B, T, C, H)
+        valid = valid.to(h.dtype)
+        pooled = (h * valid).sum(dim=1) / frames.squeeze(1).to(h.dtype)  # per electrode (B, C, H)
+        return self.classifier(pooled.flatten(1))
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:

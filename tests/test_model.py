@@ -73,3 +73,22 @@ def test_seed_sized_model_parameter_count() -> None:
     model = build_model(ModelConfig(), num_classes=10)
     # 6 factorised blocks x 2 pre-norm layers x ~12 h^2 weights, h=256: ~9.5 M parameters.
     assert 9_000_000 < parameter_count(model) < 10_000_000
+
+
+def test_electrode_gain_offset_does_not_change_outputs() -> None:
+    # A session's electrode gain is an additive per-channel offset in log power: removed.
+    torch.manual_seed(0)
+    model = build_model(CFG, num_classes=4).eval()
+    x = torch.randn(2, 6, 8, 8)
+    offset = 3 * torch.randn(1, 1, 8, 1)
+    torch.testing.assert_close(model(x + offset), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_classifier_sees_each_electrode() -> None:
+    # Pooled per electrode and concatenated: swapping two electrodes' features is visible.
+    torch.manual_seed(0)
+    model = build_model(CFG, num_classes=4).eval()
+    assert model.classifier.in_features == CFG.num_channels * CFG.hidden_size
+    x = torch.randn(1, 6, 8, 8)
+    swapped = x[:, :, [1, 0, 2, 3, 4, 5, 6, 7]]
+    assert not torch.allclose(model(x), model(swapped), atol=1e-4)
