@@ -13,11 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ssr.config import config_from_dict
 from ssr.data.processed import ProcessedSplit, collate
-from ssr.errors import CheckpointError, DataError
+from ssr.errors import DataError
 from ssr.fsutil import write_json
-from ssr.model import build_model
 from ssr.plots import plot_confusion_matrix
 from ssr.tracking.base import NullTracker, Tracker
 
@@ -137,29 +135,17 @@ def evaluate(
     cross-entropy (no label smoothing), so it is comparable across training configs.
     """
     # ssr.training imports this module, so its parts are imported here, not at the top.
-    from ssr.training.checkpoint import load_checkpoint
+    from ssr.training.checkpoint import load_checkpoint, restore_model
     from ssr.training.runtime import select_device
 
     tracker = tracker or NullTracker()
-    state = load_checkpoint(checkpoint)
-    for key in ("model", "config", "labels"):
-        if key not in state:
-            raise CheckpointError(f"{checkpoint}: not an ssr training checkpoint (no {key!r})")
-    cfg = config_from_dict(state["config"], f"{checkpoint} (stored config)")
-    labels = list(state["labels"])
+    model, _, labels = restore_model(load_checkpoint(checkpoint), checkpoint)
     data = ProcessedSplit(processed_dir, split)
     if data.label_names != labels:
         raise DataError(
             f"{processed_dir}: labels {data.label_names} differ from the checkpoint's {labels}"
         )
     dev = device if isinstance(device, torch.device) else select_device(device)
-    model = build_model(cfg.model, len(labels))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{checkpoint}: weights do not fit the stored config: {exc}"
-        ) from None
     model.to(dev)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate)
     out = predict(model, loader, dev, desc=f"evaluate {split}")

@@ -34,9 +34,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 import ssr
-from ssr.config import Config, config_from_dict
+from ssr.config import Config
 from ssr.data.processed import ProcessedSplit
-from ssr.errors import CheckpointError, DataError, RegistryError
+from ssr.errors import DataError, RegistryError
 from ssr.registry.promote import CHALLENGER
 from ssr.registry.pyfunc_model import MANIFEST, MODEL_INFO, WEIGHTS, EmgClassifier
 from ssr.tracking.mlflow_backend import ensure_experiment
@@ -105,16 +105,12 @@ def _truncate(text: str, limit: int = TAG_VALUE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 15] + "...[truncated]"
 
 
-def _checkpoint_parts(checkpoint: str) -> tuple[dict[str, Any], Config, list[str], dict]:
-    from ssr.training.checkpoint import load_checkpoint
+def _checkpoint_parts(checkpoint: str) -> tuple[torch.nn.Module, Config, list[str], dict]:
+    from ssr.training.checkpoint import load_checkpoint, restore_model
 
     state = load_checkpoint(checkpoint)
-    for key in ("model", "config", "labels"):
-        if key not in state:
-            raise CheckpointError(f"{checkpoint}: not an ssr training checkpoint (no {key!r})")
-    train_cfg = config_from_dict(state["config"], f"{checkpoint} (stored config)")
-    ids = state.get("tracking") or {}
-    return state, train_cfg, [str(label) for label in state["labels"]], dict(ids)
+    model, train_cfg, labels = restore_model(state, checkpoint)
+    return model.eval(), train_cfg, labels, dict(state.get("tracking") or {})
 
 
 def _input_example(split: ProcessedSplit) -> pd.DataFrame:
@@ -167,11 +163,9 @@ def register_model(
     """
     from safetensors.torch import save_file
 
-    from ssr.model import build_model
-
     client = client or connect(cfg)
     name = model_name or cfg.registry.model_name
-    state, train_cfg, labels, run_ids = _checkpoint_parts(checkpoint)
+    model, train_cfg, labels, run_ids = _checkpoint_parts(checkpoint)
     metrics, predictions = read_evaluation(eval_dir)
     split = ProcessedSplit(cfg.data.processed_dir, "test")
     if split.label_names != labels:
@@ -184,13 +178,6 @@ def register_model(
             f"{eval_dir}: {len(predictions)} predictions but the test split of "
             f"{cfg.data.processed_dir} has {len(split)} utterances"
         )
-    model = build_model(train_cfg.model, len(labels)).eval()
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{checkpoint}: weights do not fit the stored config: {exc}"
-        ) from None
 
     fingerprint = str(split.manifest.get("fingerprint", "unknown"))
     from ssr.tracking.context import git_commit
@@ -201,7 +188,9 @@ def register_model(
         "test.loss": f"{metrics['loss']:.6g}",
         "test.num_samples": str(metrics.get("num_samples", len(split))),
         "data.fingerprint": fingerprint,
-        "config": _truncate(json.dumps(state["config"], sort_keys=True, separators=(",", ":"))),
+        "config": _truncate(
+            json.dumps(train_cfg.model_dump(), sort_keys=True, separators=(",", ":"))
+        ),
         "git_commit": git_commit(),
         "pipeline_run_id": pipeline_run_id or "none",
         "checkpoint": os.path.basename(checkpoint),

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ssr.config import StorageConfig
+from ssr.config import Config, StorageConfig, config_from_dict
 from ssr.errors import CheckpointError, StorageError
 from ssr.fsutil import atomic_path
 from ssr.storage import is_s3, join, load_latest, read_bytes, write_bytes
@@ -122,3 +122,24 @@ def find_resume(
     pointer, data = found
     source = join(directory, pointer.checkpoint)
     return load_checkpoint_bytes(data, source), source
+
+
+def restore_model(state: dict[str, Any], source: str) -> tuple[torch.nn.Module, Config, list[str]]:
+    """Rebuild the model of a training checkpoint from its stored config and weights.
+
+    Returns ``(model, config, labels)``; raises CheckpointError naming ``source`` when the file is
+    not an ssr training checkpoint or its weights do not fit its config.
+    """
+    from ssr.model import build_model
+
+    for key in ("model", "config", "labels"):
+        if key not in state:
+            raise CheckpointError(f"{source}: not an ssr training checkpoint (no {key!r})")
+    cfg = config_from_dict(state["config"], f"{source} (stored config)")
+    labels = [str(label) for label in state["labels"]]
+    model = build_model(cfg.model, len(labels))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not fit the stored config: {exc}") from None
+    return model, cfg, labels
