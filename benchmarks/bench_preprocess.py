@@ -14,10 +14,10 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from common import print_machine  # noqa: E402
 from scipy import signal  # noqa: E402
 
 from ssr.config import Config, load_config  # noqa: E402
@@ -57,17 +57,6 @@ def _params(cfg: Config) -> FilterParams:
     return FeatureExtractor.from_config(cfg, np.zeros(8), np.ones(8)).filter_params
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="minutes of EMG (10)")
@@ -103,7 +92,8 @@ def main() -> None:
     print(f"{len(emgs)} utterances, {hours * 60:.1f} min of 8-channel EMG at "
           f"{cfg.data.sampling_rate} Hz; window {cfg.data.window_size}, hop {cfg.data.hop_length}, "
           f"{cfg.model.input_size} bands; 1 thread")  # fmt: skip
-    print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}\n")
+    print_machine("cpu")
+    print()
     print("| implementation | wall time (s) | hours of EMG per second | speed-up |")
     print("|---|---:|---:|---:|")
     print(f"| per-channel scipy (filtfilt + stft) | {t_slow:.2f} | {hours / t_slow:.3f} | 1.0x |")
