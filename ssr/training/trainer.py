@@ -515,15 +515,14 @@ class Trainer:
                     lr,
                     " (best)" if improved else "",
                 )
+                # Every scalar validate() returns is logged, so a new metric needs no edit here.
+                scalars = {
+                    f"val/{k}": float(v)
+                    for k, v in val.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                }
                 self.tracker.log_metrics(
-                    {
-                        "val/loss": val["loss"],
-                        "val/accuracy": val["accuracy"],
-                        "val/macro_f1": val["macro_f1"],
-                        "lr": lr,
-                        "epoch": self.epoch,
-                    },
-                    step=self.epoch,
+                    {**scalars, "lr": lr, "epoch": self.epoch}, step=self.epoch
                 )
                 if self.epoch % tc.viz_interval == 0:
                     self._visualise(val)
