@@ -113,10 +113,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-
-
-def git_commit() -> str:
-    """The source checkout's commit, else ``$SSR_GIT_COMMIT``, else ``unknown``."""
-    from ssr.tracking.context import git_commit as source_commit
-
-    return source_commit()

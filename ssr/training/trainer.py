@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import platform
 import signal
 import tempfile
 import threading
@@ -31,6 +30,7 @@ from ssr.model import build_model, parameter_count
 from ssr.plots import plot_confusion_matrix, plot_predictions
 from ssr.storage import CheckpointPublisher, download_to, exists, is_s3, join, localize, upload_dir
 from ssr.tracking.base import NullTracker, Tracker
+from ssr.tracking.context import describe_device
 from ssr.training import distributed
 from ssr.training.checkpoint import BEST, LAST, checkpoint_bytes, epoch_name, save_checkpoint
 from ssr.training.early_stopping import EarlyStopping
@@ -40,7 +40,6 @@ from ssr.training.runtime import (
     TrainingOOMError,
     autocast,
     autocast_dtype,
-    git_commit,
     is_oom,
     rng_state,
     seed_everything,
@@ -461,13 +460,9 @@ class Trainer:
             self.tracker.set_tags(
                 {
                     "data.fingerprint": str(self.manifest.get("fingerprint", "")),
-                    "device": f"{self.device.type}"
-                    + (
-                        f" ({torch.cuda.get_device_name(self.device)})"
-                        if self.device.type == "cuda"
-                        else f" ({platform.processor() or 'cpu'})"
-                    ),
-                    "git_commit": git_commit(),
+                    # the device actually used (the tracker's own tag names the requested one);
+                    # git_commit and the versions are already in the tracker's run tags
+                    "device": describe_device(self.device.type),
                     "torch": torch.__version__,
                     "world_size": str(self.dist.world_size),
                     "precision": "bf16" if self.amp_dtype is torch.bfloat16 else "fp32",
