@@ -34,6 +34,22 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MPLBACKEND", "Agg")
 
 
+@pytest.fixture
+def one_thread() -> None:
+    """One torch thread: tiny models on 2 shared cores run several times faster than with two."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny learnable processed data set (4 classes), shared by a test module."""
+    from helpers_data import make_processed
+
+    return make_processed(tmp_path_factory.mktemp("data") / "processed")
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real S3-compatible server (moto) on loopback, shared by the session."""

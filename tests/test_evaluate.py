@@ -18,12 +18,9 @@ from ssr.evaluation import accuracy, confusion_matrix, evaluate, macro_f1, per_c
 from ssr.model import build_model
 from ssr.training.checkpoint import save_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LABELS = ["word0", "word1", "word2", "word3"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

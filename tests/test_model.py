@@ -9,12 +9,9 @@ from ssr.config import ModelConfig
 from ssr.errors import DataError
 from ssr.model import SpatiotemporalTransformer, build_model, parameter_count
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CFG = ModelConfig(hidden_size=16, num_layers=2, num_heads=2, input_size=8, max_frames=32)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def test_logits_shape_and_gradients() -> None:

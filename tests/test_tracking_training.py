@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from helpers_data import make_processed, tiny_overrides
+from helpers_data import tiny_overrides
 from mlflow.tracking import MlflowClient
 from servers import start_mlflow, stop_mlflow
 from wandb_offline import offline_runs
@@ -24,19 +23,10 @@ from ssr.tracking.context import data_fingerprint
 from ssr.training import run_training
 from ssr.training.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.slow  # real trainings; the outage test starts its own MLflow server
+# real trainings; the outage test starts its own MLflow server
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 STEPS_PER_EPOCH = 6  # 4 classes x 12 utterances, batch 8
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_processed(tmp_path_factory.mktemp("data") / "processed")
 
 
 def _args(processed: Path, work: Path, uri: str, experiment: str, epochs: int) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers_data import make_processed, tiny_overrides
+from helpers_data import tiny_overrides
 
 from ssr.cli import main
 from ssr.config import load_config
@@ -21,15 +21,7 @@ from ssr.training.early_stopping import EarlyStopping
 from ssr.training.runtime import TrainingOOMError
 from ssr.training.trainer import clip_gradients, grad_norm
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_processed(tmp_path_factory.mktemp("data") / "processed")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RecordingTracker:
