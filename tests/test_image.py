@@ -1,8 +1,10 @@
 """Build the CPU image with podman and run the preprocess component in it on host data.
 
-Slow the first time (base image from Debian packages, then the dependency install); later runs
-reuse the base image and podman's layer cache. Needs podman; making the base image also needs
-root and debootstrap unless the base image already exists.
+Slow: the base image comes from Debian packages the first time (kept for later runs), then the
+dependency install. Needs podman; making the base image also needs root and debootstrap unless
+the base image already exists. With podman's vfs driver every cached layer is a full copy of the
+file system (about 2 GB each here), so the build keeps no intermediate layers and the test image
+is removed afterwards: a few runs would otherwise fill the disk.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -86,14 +89,37 @@ def built_commit() -> str:
     return run(["git", "rev-parse", "HEAD"], cwd=REPO).stdout.strip()
 
 
+def remove_test_image() -> None:
+    subprocess.run(podman("rmi", "--force", "--ignore", IMAGE), capture_output=True, check=False)
+
+
+def require_free_disk(gigabytes: float) -> None:
+    """Fail early, saying why, when podman's storage cannot hold a build."""
+    info = json.loads(run(podman("info", "--format", "json")).stdout)
+    root = Path(info["store"]["graphRoot"])
+    while not root.exists():
+        root = root.parent
+    free = shutil.disk_usage(root).free / 1e9
+    if free < gigabytes:
+        need = f"the image build needs about {gigabytes:.0f} GB"
+        pytest.fail(f"podman storage {root} has {free:.1f} GB free; {need}")
+
+
 @pytest.fixture(scope="module")
-def image(built_commit: str) -> str:
+def image(built_commit: str) -> Iterator[str]:
     ensure_base_image()
     trust_local_ca()
     run(make("wheelhouse"), cwd=REPO)
-    build = make("image-cpu", f"IMAGE={IMAGE}", f"DOCKER_BUILD_FLAGS={PODMAN_FLAGS}")
-    run([*build, "VERSION=9.9.9", f"GIT_COMMIT={built_commit}"], cwd=REPO)
-    return IMAGE
+    remove_test_image()
+    require_free_disk(12)
+    # --layers=false: one commit per stage instead of a full vfs copy per instruction.
+    flags = f"{PODMAN_FLAGS} --layers=false"
+    build = make("image-cpu", f"IMAGE={IMAGE}", f"DOCKER_BUILD_FLAGS={flags}")
+    try:
+        run([*build, "VERSION=9.9.9", f"GIT_COMMIT={built_commit}"], cwd=REPO)
+        yield IMAGE
+    finally:
+        remove_test_image()
 
 
 def test_image_metadata_and_contents(image: str, built_commit: str) -> None:
