@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,21 @@ from ssr.tracking.base import NullTracker, Tracker
 log = logging.getLogger(__name__)
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """(num_classes, num_classes) counts; rows are true labels, columns predictions."""
+def confusion_matrix(
+    y_true: np.ndarray | Sequence[int], y_pred: np.ndarray | Sequence[int], num_classes: int
+) -> np.ndarray:
+    """(num_classes, num_classes) counts; rows are true labels, columns predictions.
+
+    Raises ValueError for arrays of different shapes or a label outside ``[0, num_classes)``.
+    """
+    t = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(y_pred, dtype=np.int64)
+    if t.shape != p.shape or t.ndim != 1:
+        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} must be 1-D and equally long")
+    if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}) for {num_classes} class names")
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    np.add.at(cm, (t, p), 1)
     return cm
 
 
@@ -208,7 +220,6 @@ def evaluate(
     tracker.log_confusion_matrix(
         out["true"].tolist(), out["pred"].tolist(), labels, key=f"{split}/confusion_matrix"
     )
-    tracker.log_image(result.files["confusion_matrix"], key=f"{split}/confusion_matrix")
     tracker.log_artifact(result.files["metrics"], artifact_path="evaluation")
     tracker.log_artifact(result.files["predictions"], artifact_path="evaluation")
     log.info(

@@ -263,10 +263,10 @@ def test_run_name_and_git_commit_fallback(monkeypatch):
     assert git_commit() == "unknown"
 
 
-def test_confusion_counts_reject_bad_labels():
-    from ssr.tracking.mlflow_backend import confusion_counts
+def test_confusion_matrix_rejects_bad_labels():
+    from ssr.evaluation import confusion_matrix
 
-    assert confusion_counts([0, 1, 1], [1, 1, 0], 2).tolist() == [[0, 1], [1, 1]]
+    assert confusion_matrix([0, 1, 1], [1, 1, 0], 2).tolist() == [[0, 1], [1, 1]]
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
-        confusion_counts([0, 2], [0, 1], 2)
-    assert np.array_equal(confusion_counts([], [], 3), np.zeros((3, 3)))
+        confusion_matrix([0, 2], [0, 1], 2)
+    assert np.array_equal(confusion_matrix([], [], 3), np.zeros((3, 3)))

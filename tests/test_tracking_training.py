@@ -110,13 +110,14 @@ def test_training_then_resume_log_one_continuous_run(processed, mlflow_server, t
     ev_files = [
         a.path for a in client.list_artifacts(ev.info.run_id, "plots/test/confusion_matrix")
     ]
-    assert any(p.endswith(".json") for p in ev_files) and any(p.endswith(".png") for p in ev_files)
+    assert sorted(Path(p).suffix for p in ev_files) == [".json", ".png"]  # one matrix, one plot
     assert {a.path for a in client.list_artifacts(ev.info.run_id, "evaluation")} == {
         "evaluation/metrics.json",
         "evaluation/predictions.json",
     }
     (wb_ev,) = [r for r in offline_runs(tmp_path) if r.config.get("tags.job") == "evaluate"]
     assert wb_ev.series("test/accuracy", "epoch") == [(0, pytest.approx(accuracy))]
+    assert len(wb_ev.series("test/confusion_matrix_table/_type", "epoch")) == 1
 
 
 class _StopServerAfterEpoch:

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from ssr.evaluation import confusion_matrix
+from ssr.plots import plot_confusion_matrix
 
 log = logging.getLogger(__name__)
 
@@ -88,50 +90,6 @@ def _safe_path(key: str) -> str:
     parts = [re.sub(r"[^A-Za-z0-9_.-]+", "_", p) for p in key.split("/")]
     parts = [p for p in parts if p not in ("", ".", "..")]
     return "/".join(parts) or "item"
-
-
-def confusion_counts(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
-    """The (true, predicted) count matrix; raises ValueError on a label outside the classes."""
-    t = np.asarray(y_true, dtype=np.int64)
-    p = np.asarray(y_pred, dtype=np.int64)
-    if t.shape != p.shape or t.ndim != 1:
-        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} must be 1-D and equally long")
-    if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}) for {num_classes} class names")
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (t, p), 1)
-    return matrix
-
-
-def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: Path) -> None:
-    """Render a count matrix as a PNG (numbers in the cells up to 30 classes)."""
-    from matplotlib.figure import Figure
-
-    n = len(labels)
-    size = min(4 + 0.35 * n, 30)
-    fig = Figure(figsize=(size, size))
-    ax = fig.subplots()
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), labels=list(labels), rotation=90, fontsize=8)
-    ax.set_yticks(range(n), labels=list(labels), fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    if n <= 30:
-        high = matrix.max() / 2 if matrix.size else 0
-        for (i, j), count in np.ndenumerate(matrix):
-            if count:
-                ax.text(
-                    j,
-                    i,
-                    str(count),
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if count > high else "black",
-                )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 def local_artifact_location(tracking_uri: str, experiment: str) -> str | None:
@@ -400,7 +358,7 @@ class MlflowTracker:
         key: str,
         step: int | None = None,
     ) -> None:
-        matrix = confusion_counts(y_true, y_pred, len(labels))
+        matrix = confusion_matrix(y_true, y_pred, len(labels))
         target = f"plots/{_safe_path(key)}"
         as_json = self._stage(key, step, ".json")
         as_json.write_text(
@@ -410,7 +368,7 @@ class MlflowTracker:
         )
         as_png = as_json.with_suffix(".png")
         title = key if step is None else f"{key} (step {step})"
-        plot_confusion(matrix, labels, title, as_png)
+        plot_confusion_matrix(matrix, labels, as_png, title=title)
         self._submit(_Op("artifact", str(as_json), target))
         self._submit(_Op("artifact", str(as_png), target))
 

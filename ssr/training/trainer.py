@@ -379,7 +379,7 @@ class Trainer:
     def _visualise(self, val: dict[str, Any]) -> None:
         outdir = self._output_dir()
         step = self.epoch
-        cm_path = plot_confusion_matrix(
+        plot_confusion_matrix(
             val["confusion_matrix"],
             self.labels,
             outdir / f"confusion_matrix_epoch_{step}.png",
@@ -410,7 +410,6 @@ class Trainer:
             key="val/confusion_matrix",
             step=step,
         )
-        self.tracker.log_image(cm_path, key="val/confusion_matrix", step=step)
         self.tracker.log_image(pred_path, key="val/predictions", step=step)
         if self._staging is not None:
             upload_dir(self._staging, self.cfg.training.output_dir, self.cfg.storage)
