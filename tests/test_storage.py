@@ -22,6 +22,7 @@ from ssr.storage import (
     ObjectNotFoundError,
     PointerConflictError,
     PreconditionFailedError,
+    copy,
     exists,
     join,
     list_objects,
@@ -149,6 +150,26 @@ def test_round_trip_small_and_multipart(where, s3_env, tmp_path):
     if where == "s3":
         assert etag.endswith("-3")  # 11 MB in 5 MB parts: a real multipart upload
         assert stat(join(base, "dir/big.bin"), SMALL).etag == etag
+
+
+def test_copy_is_server_side_on_s3(s3_env, proxy, tmp_path):
+    bucket = _bucket(s3_env)
+    big = os.urandom(11 * MB)
+    write_bytes(f"s3://{bucket}/a/big.bin", big, SMALL)
+    proxy.start(budget=1 << 40)  # counts the bytes sent, never cuts the connection
+    via_proxy = StorageConfig(endpoint_url=proxy.endpoint, multipart_threshold_mb=5)
+    copy(f"s3://{bucket}/a/big.bin", f"s3://{bucket}/b/big.bin", via_proxy)
+    assert read_bytes(f"s3://{bucket}/b/big.bin") == big
+    assert stat(f"s3://{bucket}/b/big.bin").etag.endswith("-3")  # copied in 5 MB parts
+    assert proxy.forwarded < 100_000, "the object's bytes went through the client"
+    with pytest.raises(ObjectNotFoundError, match="nope"):
+        copy(f"s3://{bucket}/nope", f"s3://{bucket}/c", SMALL)
+
+    (tmp_path / "x.bin").write_bytes(b"local")
+    copy(str(tmp_path / "x.bin"), str(tmp_path / "sub" / "y.bin"))
+    assert (tmp_path / "sub" / "y.bin").read_bytes() == b"local"
+    with pytest.raises(StorageError, match="both must be"):
+        copy(str(tmp_path / "x.bin"), f"s3://{bucket}/x.bin")
 
 
 def test_publish_and_localize_dir(s3_env, tmp_path):

@@ -6,6 +6,7 @@ and :func:`publish` (a finished local directory -> an s3 prefix or local path).
 
 from ssr.storage.objects import (
     ObjectInfo,
+    copy,
     delete,
     download_dir,
     download_to,
@@ -39,6 +40,7 @@ __all__ = [
     "PreconditionFailedError",
     "S3Location",
     "basename",
+    "copy",
     "delete",
     "download_dir",
     "download_to",

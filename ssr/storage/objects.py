@@ -259,6 +259,34 @@ def download_to(
     return dest
 
 
+def copy(src: str, dst: str, storage: StorageConfig | None = None) -> None:
+    """Copy one object to another name in the same store, completely or not at all.
+
+    S3 to S3 is a server-side copy (multipart above the threshold): no bytes pass through
+    this machine. Local to local is a temp file renamed into place. Mixing the two is an error;
+    use :func:`upload_file` or :func:`download_to` for that.
+    """
+    if is_s3(src) != is_s3(dst):
+        raise StorageError(f"copy {src} -> {dst}: both must be s3:// URIs or both local paths")
+    if not is_s3(src):
+        if not Path(src).is_file():
+            raise ObjectNotFoundError(f"copy {src}: no such file")
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        return
+    source, target = parse_s3(src), parse_s3(dst)
+
+    def server_side_copy() -> None:
+        s3.client(storage).copy(
+            {"Bucket": source.bucket, "Key": source.key},
+            target.bucket,
+            target.key,
+            Config=transfer_config(storage),
+        )
+
+    s3.call("copy", src, server_side_copy, storage)
+
+
 def delete(uri: str, storage: StorageConfig | None = None) -> None:
     """Remove an object or local file; a missing one is not an error."""
     if not is_s3(uri):

@@ -28,7 +28,16 @@ from ssr.errors import CheckpointError, ConfigError
 from ssr.evaluation import accuracy, confusion_matrix, macro_f1, predict
 from ssr.model import build_model, parameter_count
 from ssr.plots import plot_confusion_matrix, plot_predictions
-from ssr.storage import CheckpointPublisher, download_to, exists, is_s3, join, localize, upload_dir
+from ssr.storage import (
+    CheckpointPublisher,
+    download_to,
+    exists,
+    is_s3,
+    join,
+    localize,
+    upload_dir,
+)
+from ssr.storage import copy as copy_object
 from ssr.tracking.base import NullTracker, Tracker
 from ssr.tracking.context import describe_device
 from ssr.training import distributed
@@ -279,15 +288,22 @@ class Trainer:
         names = [LAST] + ([BEST] if improved else [])
         if self.epoch % self.cfg.training.save_interval == 0 and not self._interrupted:
             names.append(epoch_name(self.epoch))
-        for name in names:
-            path = save_checkpoint(state, ckdir, name, self.cfg.storage, data)
-            if name == BEST:
-                self.best_checkpoint = path
-        # The resume copy goes up completely, then latest.json moves to it (ssr.storage.pointer).
+        # The resume copy goes up completely, then latest.json moves to it (ssr.storage.pointer);
+        # the named copies are made from it, server-side on S3, so the bytes go up once.
+        source: str | None = None
         if self.publisher is not None:
-            self.publisher.publish(
+            pointer = self.publisher.publish(
                 data, epoch=self.epoch, global_step=self.global_step, run_ids=state["tracking"]
             )
+            source = join(ckdir, pointer.checkpoint)
+        for name in names:
+            if source is not None:
+                path = join(ckdir, name)
+                copy_object(source, path, self.cfg.storage)
+            else:
+                path = save_checkpoint(state, ckdir, name, self.cfg.storage, data)
+            if name == BEST:
+                self.best_checkpoint = path
         log.info("epoch %d: saved %s in %s", self.epoch, ", ".join(names), ckdir)
 
     # -- one epoch -----------------------------------------------------------------------------
