@@ -37,6 +37,7 @@ from ssr.registry.promote import (
     rollback,
 )
 from ssr.registry.register import register_model
+from ssr.storage import publish, upload_file
 from ssr.training.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.slow  # real MLflow + S3 servers, a few registrations
@@ -297,6 +298,30 @@ def test_concurrent_promotions_stay_consistent(
         if version in history:
             assert tags["gate.compared_against"] == history[history.index(version) - 1]
     assert not registry.search_registered_models(f"name = '{name}.promotion-lock'")
+
+
+def test_cli_register_from_object_storage(
+    world: dict, registry: MlflowClient, s3_env, tmp_path: Path
+) -> None:
+    """Checkpoint, evaluation and data set all in S3, as the pipeline's outputs would be."""
+    bucket = s3_env.create_bucket(f"reg-{uuid.uuid4().hex[:8]}")
+    name = f"ssr-emg-{uuid.uuid4().hex[:8]}"
+    ckpt, eval_dir = world["good"]
+    base = f"s3://{bucket}/run1"
+    publish(world["root"] / "processed", f"{base}/processed")
+    publish(eval_dir, f"{base}/evaluation")
+    upload_file(ckpt, f"{base}/checkpoints/best_model.pth")
+    args = ["register", "--checkpoint", f"{base}/checkpoints/best_model.pth"]
+    args += ["--eval-dir", f"{base}/evaluation", *TINY, f"registry.model_name={name}"]
+    args += [f"data.processed_dir={base}/processed", f"storage.cache_dir={tmp_path / 'cache'}"]
+    assert main(args) == 0
+    version = registry.get_model_version(name, "1")
+    local = ProcessedSplit(world["root"] / "processed", "test").manifest["fingerprint"]
+    assert version.tags["data.fingerprint"] == local
+    assert version.tags["checkpoint"] == "best_model.pth"
+    metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
+    assert float(version.tags["test.accuracy"]) == pytest.approx(metrics["accuracy"], abs=1e-5)
+    assert alias_version(registry, name, CHALLENGER) == "1"
 
 
 def test_lock_is_exclusive_and_expires(registry: MlflowClient) -> None:

@@ -13,11 +13,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="register an evaluated checkpoint as a new model version (alias challenger)",
         description="Log CHECKPOINT as a raw-EMG pyfunc model (plus the PyTorch flavour) with "
         "the test evaluation in EVAL_DIR, register it under registry.model_name and point the "
-        "challenger alias at it. data.processed_dir must be the data set it was evaluated on.",
+        "challenger alias at it. data.processed_dir must be the data set it was evaluated on. "
+        "The checkpoint, EVAL_DIR and data.processed_dir may be s3:// URIs.",
     )
     add_config_args(parser)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file (.pth)")
-    parser.add_argument("--eval-dir", required=True, help="output of `ssr evaluate --split test`")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (.pth) or s3:// URI")
+    parser.add_argument(
+        "--eval-dir", required=True, help="output of `ssr evaluate --split test` (or s3:// URI)"
+    )
     parser.add_argument("--pipeline-run-id", default=None, help="recorded as a version tag")
     parser.add_argument("--model-name", default=None, help="default: registry.model_name")
     parser.set_defaults(func=run)
@@ -28,13 +31,18 @@ def run(args: argparse.Namespace) -> int:
 
     from ssr.errors import RegistryError
     from ssr.registry.register import register_model
+    from ssr.storage import localize
 
     cfg = config_from_args(args)
+    # s3:// folders are mirrored into the local cache; the checkpoint is read straight from S3.
+    cache = cfg.storage.cache_dir
+    cfg.data.processed_dir = str(localize(cfg.data.processed_dir, cache, cfg.storage))
+    eval_dir = str(localize(args.eval_dir, cache, cfg.storage))
     try:
         info = register_model(
             cfg,
             args.checkpoint,
-            args.eval_dir,
+            eval_dir,
             pipeline_run_id=args.pipeline_run_id,
             model_name=args.model_name,
         )
