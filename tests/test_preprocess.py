@@ -1,4 +1,5 @@
-"""``ssr preprocess``: shapes, normalisation, manifest, fingerprint, extractor parity, bad input."""
+"""``ssr preprocess``: shapes, normalisation, manifest, fingerprint, extractor parity, bad input,
+and the streaming pieces (running statistics, utterance-by-utterance writes)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 
 from ssr.cli import main
 from ssr.config import Config, load_config
-from ssr.data.formats import read_native, write_native
-from ssr.data.preprocess import FeatureExtractor, load_split, run_preprocess
-from ssr.data.processed import ProcessedSplit, read_manifest
+from ssr.data.fingerprint import fingerprint_splits
+from ssr.data.formats import read_dir, read_native, write_native
+from ssr.data.preprocess import FeatureExtractor, RunningStats, load_split, run_preprocess
+from ssr.data.processed import ProcessedSplit, SplitStream, read_manifest, write_processed
 from ssr.data.synth import SynthOptions, generate
 from ssr.errors import DataError
 
@@ -214,3 +216,44 @@ def test_cli_gaddy_format_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["preprocess", *_overrides(tmp_path / "g", out), "data.format=gaddy"]) == 0
     assert "processed data set" in capsys.readouterr().out
     assert read_manifest(out)["splits"]["train"]["utterances"] == 6
+
+
+def test_running_stats_match_one_pass_over_everything() -> None:
+    rng = np.random.default_rng(0)
+    chunks = [
+        (rng.standard_normal((n, 8)) * 50 + 1e3).astype(np.float32) for n in (1, 700, 3, 2500)
+    ]
+    stats = RunningStats(8)
+    for x in chunks:
+        stats.add(x)
+    stats.add(np.zeros((0, 8), np.float32))  # an empty chunk changes nothing
+    mean, std = stats.result()
+    every = np.concatenate(chunks).astype(np.float64)
+    np.testing.assert_allclose(mean, every.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, every.std(axis=0), rtol=1e-9)
+    with pytest.raises(ValueError, match="no samples"):
+        RunningStats(8).result()
+
+
+def test_fingerprint_ignores_reading_order(raw: Path) -> None:
+    utts = read_dir(raw / "val")
+    roots = {"val": raw / "val"}
+    forward = fingerprint_splits({"val": utts}, roots)
+    assert fingerprint_splits({"val": utts[::-1]}, roots) == forward
+    assert fingerprint_splits({"val": utts[1:]}, roots) != forward
+    assert fingerprint_splits({"val": utts, "test": []}, {**roots, "test": raw}) != forward
+
+
+def test_streamed_split_with_wrong_shape_leaves_no_output(tmp_path: Path) -> None:
+    good, bad = np.zeros((3, 8, 4), np.float32), np.zeros((2, 8, 4), np.float32)
+    stream = SplitStream([3, 3], [0, 1], ["a.npz", "b.npz"], (8, 4), iter([good, bad]))
+    with pytest.raises(DataError, match=r"b.npz: features \(2, 8, 4\), expected \(3, 8, 4\)"):
+        write_processed(tmp_path / "out", {}, {"train": stream})
+    assert list(tmp_path.iterdir()) == []
+    short = SplitStream([3, 3], [0, 1], ["a.npz", "b.npz"], (8, 4), iter([good]))
+    with pytest.raises(DataError, match="1 utterances produced, 2 expected"):
+        write_processed(tmp_path / "out", {}, {"train": short})
+    stream = SplitStream([3, 2], [0, 1], ["a.npz", "b.npz"], (8, 4), iter([good, bad]))
+    out = write_processed(tmp_path / "out", {"labels": ["x", "y"]}, {"train": stream})
+    assert np.load(out / "train_index.npy").tolist() == [[0, 3, 0], [3, 2, 1]]
+    assert np.load(out / "train_features.npy").shape == (5, 8, 4)

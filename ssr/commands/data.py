@@ -45,15 +45,17 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ssr.data.preprocess import check_labels, load_split
+    from ssr.data.preprocess import check_labels, scan_split
 
     cfg = config_from_args(args)
     dirs = {"train": cfg.data.train_dir, "val": cfg.data.val_dir, "test": cfg.data.test_dir}
-    splits = {name: load_split(path, cfg, cfg.data.format) for name, path in dirs.items()}
-    labels = check_labels(splits["train"], {"val": splits["val"], "test": splits["test"]})
-    for name, utts in splits.items():
-        seconds = sum(u.seconds for u in utts)
-        print(f"{name:5s} {dirs[name]}: {len(utts)} utterances, {seconds / 60:.1f} min")
+    scans = {name: scan_split(name, path, cfg) for name, path in dirs.items()}
+    labels = check_labels(
+        scans["train"].utterances, {n: scans[n].utterances for n in ("val", "test")}
+    )
+    for name, scan in scans.items():
+        minutes = scan.seconds / 60
+        print(f"{name:5s} {dirs[name]}: {len(scan.utterances)} utterances, {minutes:.1f} min")
     print(f"ok: {len(labels)} labels: {', '.join(labels)}")
     return 0
 

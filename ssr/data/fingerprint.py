@@ -1,8 +1,10 @@
 """Content fingerprint of raw EMG splits: same recordings, same hash; any changed sample changes it.
 
-The hash covers, per split in the given order and per utterance in sorted path order, the path
-relative to the split root, the label, the sampling rate, and the samples (dtype, shape, bytes),
-so moving the data elsewhere keeps the fingerprint while renaming or editing a file changes it.
+Each utterance is hashed on its own: its path relative to the split root, label, sampling rate
+and samples (dtype, shape, bytes). A split's hash covers its name, its utterance count and the
+utterance hashes in relative-path order, so the order files are read in does not matter, moving
+the data elsewhere keeps the fingerprint, and renaming or editing a file changes it. Utterances
+can be added one at a time (:class:`Fingerprint`), so a split never has to be in memory at once.
 """
 
 from __future__ import annotations
@@ -24,19 +26,41 @@ def _relative(path: str, root: str | os.PathLike[str]) -> str:
         return Path(path).as_posix()
 
 
+class Fingerprint:
+    """sha256 over splits added utterance by utterance; splits keep the order first seen."""
+
+    def __init__(self) -> None:
+        self._splits: dict[str, list[tuple[str, bytes]]] = {}
+
+    def split(self, name: str) -> None:
+        """Declare split ``name`` (so an empty split is part of the fingerprint too)."""
+        self._splits.setdefault(name, [])
+
+    def add(self, split: str, utt: Utterance, root: str | os.PathLike[str]) -> None:
+        """Hash one utterance of ``split`` whose directory is ``root``."""
+        emg = np.ascontiguousarray(utt.emg)
+        relative = _relative(utt.path, root)
+        header = f"{relative}\0{utt.label}\0{utt.sampling_rate!r}\0{emg.dtype.str}\0{emg.shape}\0"
+        digest = hashlib.sha256(header.encode())
+        digest.update(emg.reshape(-1).view(np.uint8))  # the bytes, without a copy
+        self._splits.setdefault(split, []).append((relative, digest.digest()))
+
+    def hexdigest(self) -> str:
+        total = hashlib.sha256()
+        for name, items in self._splits.items():
+            total.update(f"split\0{name}\0{len(items)}\0".encode())
+            for _, digest in sorted(items):
+                total.update(digest)
+        return total.hexdigest()
+
+
 def fingerprint_splits(
     splits: Mapping[str, Sequence[Utterance]], roots: Mapping[str, str | os.PathLike[str]]
 ) -> str:
     """sha256 hex digest over the contents of every split (``roots`` maps split -> directory)."""
-    digest = hashlib.sha256()
+    fingerprint = Fingerprint()
     for name, utterances in splits.items():
-        digest.update(f"split\0{name}\0{len(utterances)}\0".encode())
-        for utt in sorted(utterances, key=lambda u: u.path):
-            emg = np.ascontiguousarray(utt.emg)
-            header = (
-                f"{_relative(utt.path, roots[name])}\0{utt.label}\0{utt.sampling_rate!r}\0"
-                f"{emg.dtype.str}\0{emg.shape}\0"
-            )
-            digest.update(header.encode())
-            digest.update(emg.tobytes())
-    return digest.hexdigest()
+        fingerprint.split(name)
+        for utt in utterances:
+            fingerprint.add(name, utt, roots[name])
+    return fingerprint.hexdigest()

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -110,7 +111,7 @@ def read_native_dir(root: str | os.PathLike[str], progress: str | None = None) -
 
     ``progress`` is the label of a tqdm progress bar (none when None).
     """
-    return [read_native(p) for p in _progress(sorted(Path(root).rglob("*.npz")), progress)]
+    return list(iter_dir(root, "native", progress))
 
 
 def write_gaddy(
@@ -174,12 +175,7 @@ def gaddy_info_files(root: str | os.PathLike[str]) -> list[Path]:
 
 def read_gaddy_dir(root: str | os.PathLike[str], progress: str | None = None) -> list[Utterance]:
     """All non-silence utterances of a Gaddy-layout tree (one folder per session)."""
-    out = []
-    for info_path in _progress(gaddy_info_files(root), progress):
-        utt = _read_gaddy_entry(info_path)
-        if utt is not None:
-            out.append(utt)
-    return out
+    return list(iter_dir(root, "gaddy", progress))
 
 
 def detect_format(root: str | os.PathLike[str]) -> Format:
@@ -198,17 +194,33 @@ def detect_format(root: str | os.PathLike[str]) -> Format:
     raise DataError(f"{root}: no utterances found (no .npz files, no Gaddy *_info.json files)")
 
 
-def read_dir(
+def iter_dir(
     root: str | os.PathLike[str], fmt: str = "auto", progress: str | None = None
-) -> list[Utterance]:
-    """Read every utterance under ``root`` in format ``fmt`` (``auto``, ``native`` or ``gaddy``)."""
+) -> Iterator[Utterance]:
+    """Yield the utterances under ``root`` one at a time, in a fixed order.
+
+    ``fmt`` is ``auto``, ``native`` or ``gaddy``; ``progress`` labels a tqdm bar. Only one
+    recording is in memory at a time, so a split of any size can be streamed.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: split directory not found")
     if fmt == "auto":
         fmt = detect_format(root)
     if fmt == "native":
-        return read_native_dir(root, progress)
-    if fmt == "gaddy":
-        return read_gaddy_dir(root, progress)
-    raise DataError(f"{root}: unknown data format {fmt!r} (expected auto, native or gaddy)")
+        for path in _progress(sorted(root.rglob("*.npz")), progress):
+            yield read_native(path)
+    elif fmt == "gaddy":
+        for info_path in _progress(gaddy_info_files(root), progress):
+            utt = _read_gaddy_entry(info_path)
+            if utt is not None:
+                yield utt
+    else:
+        raise DataError(f"{root}: unknown data format {fmt!r} (expected auto, native or gaddy)")
+
+
+def read_dir(
+    root: str | os.PathLike[str], fmt: str = "auto", progress: str | None = None
+) -> list[Utterance]:
+    """Read every utterance under ``root`` in format ``fmt`` (``auto``, ``native`` or ``gaddy``)."""
+    return list(iter_dir(root, fmt, progress))

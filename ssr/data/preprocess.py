@@ -1,14 +1,26 @@
 """``ssr preprocess``: raw EMG splits -> validated, filtered, normalised spectral features on disk.
 
-Every split is read and checked before anything is written; the processed data set then
-appears atomically at ``data.processed_dir`` (see :mod:`ssr.data.processed`).
+Two streaming passes, so memory holds one recording at a time whatever the data set's size:
+
+1. every file of every split is read and checked, fingerprinted, and its label and length
+   recorded; training recordings are filtered, folded into the per-channel statistics and
+   spilled (filtered, float32) to a temporary file beside the output;
+2. with the statistics fixed, features are computed utterance by utterance straight into the
+   memory-mapped arrays of the new data set (training from the spill file, val/test re-read).
+
+Nothing is written before pass 1 has checked everything; the processed data set then appears
+atomically at ``data.processed_dir`` (see :mod:`ssr.data.processed`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -16,67 +28,130 @@ from tqdm import tqdm
 import ssr
 from ssr.config import Config
 from ssr.data.features import PREPROCESSING_KEYS, FeatureExtractor
-from ssr.data.fingerprint import fingerprint_splits
-from ssr.data.formats import Utterance, read_dir
-from ssr.data.processed import SPLITS, SplitArrays, write_processed
+from ssr.data.fingerprint import Fingerprint
+from ssr.data.formats import Utterance, iter_dir
+from ssr.data.processed import SPLITS, SplitStream, write_processed
 from ssr.errors import DataError
 from ssr.storage import is_s3, localize, publish
 
 __all__ = [
     "FeatureExtractor",
+    "RunningStats",
+    "SplitScan",
     "Utterance",
     "check_labels",
     "load_split",
     "normalization_stats",
     "run_preprocess",
+    "scan_split",
+    "validate_utterance",
 ]
 
 log = logging.getLogger(__name__)
 
 
-def load_split(
-    directory: str | os.PathLike[str], cfg: Config, fmt: str = "auto"
-) -> list[Utterance]:
-    """Read and validate every utterance of one split directory.
+class Labelled(Protocol):
+    path: str
+    label: str
 
-    Raises :class:`DataError` naming the file for an unreadable or truncated file, a missing
-    label, a sampling rate or channel count other than the config's, NaN/inf samples, an
-    utterance shorter than one analysis window, and for a split with no utterances.
+
+def validate_utterance(utt: Utterance, cfg: Config) -> None:
+    """Raise :class:`DataError` naming the file if ``utt`` does not fit the config.
+
+    Checked: 2-D numeric samples, the channel count and sampling rate of the config, at least
+    one analysis window of samples, and no NaN or infinite sample.
     """
-    directory = Path(directory)
-    utterances = read_dir(directory, fmt, progress=f"read {directory.name}")
-    if not utterances:
-        raise DataError(f"{directory}: empty split (no utterances)")
+    emg = utt.emg
+    if emg.ndim != 2:
+        raise DataError(f"{utt.path}: EMG must be 2-D (time, channels), got shape {emg.shape}")
+    if not np.issubdtype(emg.dtype, np.number):
+        raise DataError(f"{utt.path}: EMG has non-numeric dtype {emg.dtype}")
     channels = cfg.model.num_channels
+    if emg.shape[1] != channels:
+        raise DataError(f"{utt.path}: {emg.shape[1]} channels but model.num_channels is {channels}")
     rate = float(cfg.data.sampling_rate)
+    if abs(utt.sampling_rate - rate) > 1e-6 * rate:
+        raise DataError(
+            f"{utt.path}: sampling rate {utt.sampling_rate:g} Hz but data.sampling_rate "
+            f"is {rate:g} Hz"
+        )
     window = cfg.data.window_size
-    for utt in utterances:
-        emg = utt.emg
-        if emg.ndim != 2:
-            raise DataError(f"{utt.path}: EMG must be 2-D (time, channels), got shape {emg.shape}")
-        if not np.issubdtype(emg.dtype, np.number):
-            raise DataError(f"{utt.path}: EMG has non-numeric dtype {emg.dtype}")
-        if emg.shape[1] != channels:
-            raise DataError(
-                f"{utt.path}: {emg.shape[1]} channels but model.num_channels is {channels}"
-            )
-        if abs(utt.sampling_rate - rate) > 1e-6 * rate:
-            raise DataError(
-                f"{utt.path}: sampling rate {utt.sampling_rate:g} Hz but data.sampling_rate "
-                f"is {rate:g} Hz"
-            )
-        if emg.shape[0] < window:
-            raise DataError(
-                f"{utt.path}: {emg.shape[0]} samples, shorter than one window "
-                f"(data.window_size={window})"
-            )
-        if not np.all(np.isfinite(emg)):
-            bad = int(np.count_nonzero(~np.isfinite(emg)))
-            raise DataError(f"{utt.path}: {bad} NaN or infinite sample(s)")
-    return utterances
+    if emg.shape[0] < window:
+        raise DataError(
+            f"{utt.path}: {emg.shape[0]} samples, shorter than one window "
+            f"(data.window_size={window})"
+        )
+    if not np.all(np.isfinite(emg)):
+        bad = int(np.count_nonzero(~np.isfinite(emg)))
+        raise DataError(f"{utt.path}: {bad} NaN or infinite sample(s)")
 
 
-def check_labels(train: list[Utterance], others: dict[str, list[Utterance]]) -> list[str]:
+def _checked(directory: Path, cfg: Config, progress: str) -> Iterator[Utterance]:
+    count = 0
+    for utt in iter_dir(directory, cfg.data.format, progress=progress):
+        validate_utterance(utt, cfg)
+        count += 1
+        yield utt
+    if not count:
+        raise DataError(f"{directory}: empty split (no utterances)")
+
+
+def load_split(
+    directory: str | os.PathLike[str], cfg: Config, fmt: str | None = None
+) -> list[Utterance]:
+    """Read and validate every utterance of one split directory (see :func:`validate_utterance`).
+
+    An empty split is a :class:`DataError` too. ``fmt`` overrides ``data.format``.
+    """
+    if fmt is not None and fmt != cfg.data.format:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"format": fmt})})
+    directory = Path(directory)
+    return list(_checked(directory, cfg, f"read {directory.name}"))
+
+
+@dataclass(frozen=True)
+class UtteranceInfo:
+    """What pass 1 keeps of an utterance: where it is, its label and its length in samples."""
+
+    path: str
+    label: str
+    samples: int
+    seconds: float
+
+
+@dataclass
+class SplitScan:
+    """A checked split: its directory and every utterance's info, in reading order."""
+
+    directory: Path
+    utterances: list[UtteranceInfo] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(u.seconds for u in self.utterances)
+
+
+def scan_split(
+    name: str,
+    directory: str | os.PathLike[str],
+    cfg: Config,
+    fingerprint: Fingerprint | None = None,
+    visit: Callable[[Utterance], None] | None = None,
+) -> SplitScan:
+    """Check every utterance of a split, one in memory at a time; ``visit`` sees each one."""
+    scan = SplitScan(Path(directory))
+    if fingerprint is not None:
+        fingerprint.split(name)
+    for utt in _checked(scan.directory, cfg, f"check {name}"):
+        if fingerprint is not None:
+            fingerprint.add(name, utt, scan.directory)
+        if visit is not None:
+            visit(utt)
+        scan.utterances.append(UtteranceInfo(utt.path, utt.label, utt.emg.shape[0], utt.seconds))
+    return scan
+
+
+def check_labels(train: Sequence[Labelled], others: Mapping[str, Sequence[Labelled]]) -> list[str]:
     """Sorted training labels; a val/test label never seen in training is a :class:`DataError`."""
     labels = sorted({u.label for u in train})
     known = set(labels)
@@ -90,34 +165,62 @@ def check_labels(train: list[Utterance], others: dict[str, list[Utterance]]) -> 
     return labels
 
 
-def normalization_stats(filtered: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+class RunningStats:
+    """Per-channel mean and standard deviation, updated one recording at a time (Chan et al.)."""
+
+    def __init__(self, channels: int) -> None:
+        self.count = 0
+        self.mean = np.zeros(channels, dtype=np.float64)
+        self.m2 = np.zeros(channels, dtype=np.float64)
+
+    def add(self, x: np.ndarray) -> None:
+        n = x.shape[0]
+        if n == 0:
+            return
+        mean = x.mean(axis=0, dtype=np.float64)
+        m2 = np.square(x - mean, dtype=np.float64).sum(axis=0)
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * (n / total)
+        self.m2 += m2 + np.square(delta) * (self.count * n / total)
+        self.count = total
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.count:
+            raise ValueError("no samples")
+        return self.mean.copy(), np.sqrt(self.m2 / self.count)
+
+
+def normalization_stats(filtered: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation over all samples of filtered training EMG."""
-    count = sum(x.shape[0] for x in filtered)
-    total = sum(x.sum(axis=0, dtype=np.float64) for x in filtered)
-    mean = total / count
-    sq = sum(np.square(x - mean, dtype=np.float64).sum(axis=0) for x in filtered)
-    std = np.sqrt(sq / count)
-    return mean, std
+    stats = RunningStats(filtered[0].shape[1])
+    for x in filtered:
+        stats.add(x)
+    return stats.result()
 
 
-def _featurise(
-    extractor: FeatureExtractor,
-    utterances: list[Utterance],
-    label_ids: dict[str, int],
-    name: str,
-    filtered: list[np.ndarray] | None = None,
-) -> SplitArrays:
-    feats = []
-    index = np.zeros((len(utterances), 3), dtype=np.int64)
+def _reread(
+    name: str, scan: SplitScan, cfg: Config, extractor: FeatureExtractor
+) -> Iterator[np.ndarray]:
+    """Pass 2 for val/test: read each file again, in the same order, and featurise it."""
+    utterances = iter_dir(scan.directory, cfg.data.format, progress=f"features {name}")
+    for info, utt in zip(scan.utterances, utterances, strict=False):
+        if utt.path != info.path or utt.emg.shape[0] != info.samples:
+            raise DataError(f"{utt.path}: changed while preprocessing; run it again")
+        yield extractor(utt.emg, utt.path)
+
+
+def _from_spill(
+    scan: SplitScan, spill: Path, channels: int, extractor: FeatureExtractor
+) -> Iterator[np.ndarray]:
+    """Pass 2 for train: the filtered recordings come back from the spill file."""
+    total = sum(u.samples for u in scan.utterances)
+    filtered = np.memmap(spill, dtype=np.float32, mode="r", shape=(total, channels))
     offset = 0
-    for i, utt in enumerate(tqdm(utterances, desc=f"features {name}", unit="utt", leave=False)):
-        x = filtered[i] if filtered is not None else extractor.filter(utt.emg)
-        f = extractor.features_from_filtered(x)
-        feats.append(f)
-        index[i] = (offset, f.shape[0], label_ids[utt.label])
-        offset += f.shape[0]
-    features = np.concatenate(feats, axis=0)
-    return SplitArrays(features, index, [u.path for u in utterances])
+    for info in tqdm(scan.utterances, desc="features train", unit="utt", leave=False):
+        yield extractor.features_from_filtered(np.asarray(filtered[offset : offset + info.samples]))
+        offset += info.samples
+    del filtered
 
 
 def run_preprocess(cfg: Config) -> Path:
@@ -130,52 +233,75 @@ def run_preprocess(cfg: Config) -> Path:
     local = {
         name: str(localize(uri, cfg.storage.cache_dir, cfg.storage)) for name, uri in dirs.items()
     }
-    raw = {name: load_split(local[name], cfg, cfg.data.format) for name in SPLITS}
-    labels = check_labels(raw["train"], {"val": raw["val"], "test": raw["test"]})
-    label_ids = {label: i for i, label in enumerate(labels)}
+    target = cfg.data.processed_dir
+    if is_s3(target):
+        out_dir = Path(cfg.storage.cache_dir) / "processed-upload" / Path(target[5:]).name
+    else:
+        out_dir = Path(target)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
 
     channels = cfg.model.num_channels
     conditioner = FeatureExtractor.from_config(cfg, np.zeros(channels), np.ones(channels))
-    train_filtered = [
-        conditioner.filter(u.emg)
-        for u in tqdm(raw["train"], desc="filter train", unit="utt", leave=False)
-    ]
-    mean, std = normalization_stats(train_filtered)
-    flat = np.flatnonzero(std <= 1e-12 * max(1.0, float(np.abs(mean).max())))
-    if flat.size:
-        raise DataError(
-            f"{dirs['train']}: channel(s) {flat.tolist()} are constant after filtering in the "
-            f"training split; cannot normalise"
+    stats = RunningStats(channels)
+    fingerprint = Fingerprint()
+    with tempfile.TemporaryDirectory(prefix=".ssr-spill-", dir=out_dir.parent) as spill_dir:
+        spill = Path(spill_dir) / "train_filtered.f32"
+        with open(spill, "wb") as fh:
+
+            def keep(utt: Utterance) -> None:
+                x = conditioner.filter(utt.emg)
+                stats.add(x)
+                x.tofile(fh)
+
+            scans = {"train": scan_split("train", local["train"], cfg, fingerprint, keep)}
+        for name in ("val", "test"):
+            scans[name] = scan_split(name, local[name], cfg, fingerprint)
+        train = scans["train"].utterances
+        labels = check_labels(train, {n: scans[n].utterances for n in ("val", "test")})
+        label_ids = {label: i for i, label in enumerate(labels)}
+
+        mean, std = stats.result()
+        flat = np.flatnonzero(std <= 1e-12 * max(1.0, float(np.abs(mean).max())))
+        if flat.size:
+            raise DataError(
+                f"{dirs['train']}: channel(s) {flat.tolist()} are constant after filtering in "
+                f"the training split; cannot normalise"
+            )
+        extractor = FeatureExtractor.from_config(cfg, mean, std)
+
+        streams = {}
+        for name, scan in scans.items():
+            features = (
+                _from_spill(scan, spill, channels, extractor)
+                if name == "train"
+                else _reread(name, scan, cfg, extractor)
+            )
+            streams[name] = SplitStream(
+                lengths=[extractor.num_frames(u.samples) for u in scan.utterances],
+                labels=[label_ids[u.label] for u in scan.utterances],
+                ids=[u.path for u in scan.utterances],
+                shape=(channels, extractor.input_size),
+                features=features,
+            )
+        data = cfg.data.model_dump()
+        manifest = extractor.to_manifest()
+        manifest.update(
+            {
+                "labels": labels,
+                "preprocessing": {k: data[k] for k in PREPROCESSING_KEYS}
+                | {"format": cfg.data.format},
+                "fingerprint": fingerprint.hexdigest(),
+                "created_by": f"ssr {ssr.__version__}",
+                "sources": {name: str(dirs[name]) for name in SPLITS},
+            }
         )
-    extractor = FeatureExtractor.from_config(cfg, mean, std)
-
-    splits = {"train": _featurise(extractor, raw["train"], label_ids, "train", train_filtered)}
-    del train_filtered
-    for name in ("val", "test"):
-        splits[name] = _featurise(extractor, raw[name], label_ids, name)
-
-    data = cfg.data.model_dump()
-    manifest = extractor.to_manifest()
-    manifest.update(
-        {
-            "labels": labels,
-            "preprocessing": {k: data[k] for k in PREPROCESSING_KEYS} | {"format": cfg.data.format},
-            "fingerprint": fingerprint_splits(raw, local),
-            "created_by": f"ssr {ssr.__version__}",
-            "sources": {name: str(dirs[name]) for name in SPLITS},
-        }
-    )
-    target = cfg.data.processed_dir
+        out = write_processed(out_dir, manifest, streams)
     if is_s3(target):
-        staging = Path(cfg.storage.cache_dir) / "processed-upload" / Path(target[5:]).name
-        out = write_processed(staging, manifest, splits)
         publish(out, target, cfg.storage)
-    else:
-        out = write_processed(target, manifest, splits)
     log.info(
         "preprocessed %s utterances into %s (fingerprint %s)",
-        ", ".join(f"{n}={len(raw[n])}" for n in SPLITS),
-        out,
+        ", ".join(f"{n}={len(scans[n].utterances)}" for n in SPLITS),
+        target,
         manifest["fingerprint"][:12],
     )
     return out

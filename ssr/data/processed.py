@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,24 +51,76 @@ class SplitArrays:
             raise ValueError("ids and index disagree in length")
 
 
+@dataclass
+class SplitStream:
+    """One split produced utterance by utterance, so it never has to be in memory at once.
+
+    ``lengths[i]`` frames of utterance ``i`` with label id ``labels[i]`` from ``ids[i]``;
+    ``features`` yields the (frames, channels, bins) arrays in the same order.
+    """
+
+    lengths: Sequence[int]
+    labels: Sequence[int]
+    ids: list[str]
+    shape: tuple[int, int]  # (channels, bins)
+    features: Iterable[np.ndarray]
+
+    @property
+    def index(self) -> np.ndarray:
+        lengths = np.asarray(self.lengths, dtype=np.int64)
+        offsets = np.cumsum(lengths) - lengths
+        return np.stack([offsets, lengths, np.asarray(self.labels, np.int64)], axis=1)
+
+
+def _split_entry(arr: SplitArrays | SplitStream) -> dict[str, Any]:
+    if isinstance(arr, SplitStream):
+        frames, shape = int(sum(arr.lengths)), list(arr.shape)
+    else:
+        frames, shape = int(arr.features.shape[0]), list(arr.features.shape[1:])
+    return {"utterances": len(arr.ids), "frames": frames, "shape": [int(s) for s in shape]}
+
+
+def _write_stream(path: Path, arr: SplitStream) -> None:
+    """Fill a memory-mapped ``.npy`` utterance by utterance, checking every shape."""
+    total = int(sum(arr.lengths))
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(total, *arr.shape))
+    offset, count = 0, 0
+    for i, feats in enumerate(arr.features):
+        expected = (int(arr.lengths[i]), *arr.shape) if i < len(arr.lengths) else None
+        if feats.shape != expected:
+            raise DataError(
+                f"{arr.ids[i] if i < len(arr.ids) else path}: features {feats.shape}, "
+                f"expected {expected}"
+            )
+        out[offset : offset + feats.shape[0]] = feats
+        offset += feats.shape[0]
+        count += 1
+    if count != len(arr.lengths):
+        raise DataError(f"{path.name}: {count} utterances produced, {len(arr.lengths)} expected")
+    out.flush()
+    del out
+
+
 def write_processed(
-    out_dir: str | os.PathLike[str], manifest: dict[str, Any], splits: dict[str, SplitArrays]
+    out_dir: str | os.PathLike[str],
+    manifest: dict[str, Any],
+    splits: Mapping[str, SplitArrays | SplitStream],
 ) -> Path:
-    """Write a processed data set atomically: everything goes to a temp dir renamed at the end."""
+    """Write a processed data set atomically: everything goes to a temp dir renamed at the end.
+
+    A :class:`SplitStream` is written straight into a memory-mapped file, one utterance at a time.
+    """
     out = Path(out_dir)
     manifest = dict(manifest)
     manifest["format_version"] = FORMAT_VERSION
-    manifest["splits"] = {
-        name: {
-            "utterances": int(len(arr.index)),
-            "frames": int(arr.features.shape[0]),
-            "shape": [int(s) for s in arr.features.shape[1:]],
-        }
-        for name, arr in splits.items()
-    }
+    manifest["splits"] = {name: _split_entry(arr) for name, arr in splits.items()}
     with atomic_dir(out) as tmp:
         for name, arr in splits.items():
-            np.save(tmp / f"{name}_features.npy", np.ascontiguousarray(arr.features, np.float32))
+            if isinstance(arr, SplitStream):
+                _write_stream(tmp / f"{name}_features.npy", arr)
+            else:
+                features = np.ascontiguousarray(arr.features, np.float32)
+                np.save(tmp / f"{name}_features.npy", features)
             np.save(tmp / f"{name}_index.npy", np.ascontiguousarray(arr.index, np.int64))
             (tmp / f"{name}_ids.json").write_text(json.dumps(arr.ids))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
