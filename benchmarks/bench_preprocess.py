@@ -1,7 +1,10 @@
-"""Preprocessing throughput: the vectorised feature path against a per-channel scipy baseline.
+"""Preprocessing throughput and memory: the vectorised feature path against a per-channel scipy
+baseline, then whole ``ssr preprocess`` runs on data sets of N and 2N minutes.
 
 Generates N minutes of synthetic 8-channel sEMG as utterances, runs both implementations on
 one core in the same process, checks that their features agree, and prints a Markdown table.
+The second table gives the wall time and peak resident memory of ``ssr preprocess`` (each in a
+fresh process) on written data sets of N and 2N minutes: memory should not grow with the data.
 
     .venv/bin/python benchmarks/bench_preprocess.py --minutes 10
 """
@@ -14,7 +17,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 from common import print_machine  # noqa: E402
@@ -23,7 +30,43 @@ from scipy import signal  # noqa: E402
 from ssr.config import Config, load_config  # noqa: E402
 from ssr.data.features import LOG_EPS, FeatureExtractor  # noqa: E402
 from ssr.data.filters import FilterParams, notch_frequencies  # noqa: E402
-from ssr.data.synth import SynthOptions, sample_utterances  # noqa: E402
+from ssr.data.synth import SynthOptions, generate, sample_utterances  # noqa: E402
+
+# Runs `ssr preprocess` in this process and reports its peak resident set size (KiB on Linux).
+_MEASURE = (
+    "import resource, sys\n"
+    "from ssr.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def preprocess_run(
+    per_word: int, workdir: Path, overrides: list[str]
+) -> tuple[float, float, float, float]:
+    """Write synthetic EMG (10 words, ``per_word`` utterances each), run ``ssr preprocess``.
+
+    Returns (minutes of EMG, raw MB on disk, wall seconds, peak resident MiB of the process).
+    """
+    raw = workdir / f"raw-{per_word}"
+    summary = generate(raw, SynthOptions(vocab=10, per_word=per_word))
+    minutes = sum(split["seconds"] for split in summary["splits"].values()) / 60
+    size = sum(f.stat().st_size for f in raw.rglob("*") if f.is_file()) / 1e6
+    args = [f"data.{s}_dir={raw / s}" for s in ("train", "val", "test")]
+    args.append(f"data.processed_dir={workdir / f'processed-{per_word}'}")
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, "preprocess", *args, *overrides],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"ssr preprocess failed:\n{proc.stderr[-2000:]}")
+    kib = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("maxrss_kib")]
+    return minutes, size, seconds, int(kib[-1]) / 1024
 
 
 def baseline_features(
@@ -103,6 +146,16 @@ def main() -> None:
           f"from utterance edges; largest anywhere {every.max():.2e}")  # fmt: skip
     if med > 1e-3 or p99 > 0.05:
         raise SystemExit("FAILED: vectorised and baseline features disagree")
+
+    config = ["--config", args.config] if args.config else []
+    print("\n`ssr preprocess` end to end (read, check, filter, features, write), fresh process:\n")
+    print("| data set (min of EMG) | raw size (MB) | wall time (s) | peak RSS (MiB) |")
+    print("|---:|---:|---:|---:|")
+    per_word = max(5, round(args.minutes * 60 / 1.5 / 10))  # 10 words, 1-2 s utterances
+    with tempfile.TemporaryDirectory(prefix="ssr-bench-preprocess-") as tmp:
+        for n in (per_word, 2 * per_word):
+            minutes, size, seconds, mib = preprocess_run(n, Path(tmp), [*config, *args.overrides])
+            print(f"| {minutes:.1f} | {size:.1f} | {seconds:.2f} | {mib:.0f} |")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,9 @@ def test_preprocess_short() -> None:
     out = run_bench("bench_preprocess.py", "--minutes", "0.2")
     rows = table(out, "implementation")
     assert len(rows) == 2
+    runs = table(out, "data set")
+    assert len(runs) == 2 and float(runs[1][0]) > float(runs[0][0])
+    assert all(float(r[3]) > 50 for r in runs)  # peak RSS in MiB of a real process
 
 
 @pytest.mark.slow
