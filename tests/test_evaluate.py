@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,14 @@ import pytest
 import torch
 from helpers_data import make_processed
 from sklearn import metrics as skm
+from wandb_offline import offline_runs
 
 from ssr.cli import main
 from ssr.config import Config, ModelConfig
 from ssr.errors import CheckpointError, DataError
 from ssr.evaluation import accuracy, confusion_matrix, evaluate, macro_f1, per_class_metrics
 from ssr.model import build_model
+from ssr.storage import publish
 from ssr.training.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,6 +111,22 @@ def test_cli_evaluate(
     assert code == 0
     assert json.loads((out / "metrics.json").read_text())["split"] == "val"
     assert "val: accuracy" in capsys.readouterr().out
+
+
+def test_cli_evaluate_s3_data_logs_the_uri(
+    processed: Path, checkpoint: str, s3_env, tmp_path: Path
+) -> None:
+    """An s3:// data set is read from the local mirror; the logged config keeps the URI."""
+    bucket = s3_env.create_bucket(f"ev-{uuid.uuid4().hex[:8]}")
+    uri = publish(processed, f"s3://{bucket}/processed")
+    args = ["evaluate", "--checkpoint", checkpoint, "--split", "val", "--out", str(tmp_path / "o")]
+    args += [f"data.processed_dir={uri}", f"storage.cache_dir={tmp_path / 'cache'}"]
+    args += ["training.device=cpu", "tracking.mlflow.enabled=false", "tracking.wandb.mode=offline"]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["num_samples"] > 0
+    assert (tmp_path / "cache" / bucket / "processed" / "manifest.json").is_file()
+    (run,) = offline_runs(tmp_path)
+    assert run.config["data.processed_dir"] == uri
 
 
 def test_label_mismatch_is_refused(tmp_path: Path, checkpoint: str) -> None:

@@ -31,22 +31,19 @@ def run(args: argparse.Namespace) -> int:
     from ssr.tracking.base import open_tracker
 
     cfg = config_from_args(args)
-    # An s3:// data set is mirrored into the local cache (only changed objects are fetched).
-    cfg.data.processed_dir = str(
-        localize(cfg.data.processed_dir, cfg.storage.cache_dir, cfg.storage)
-    )
+    # An s3:// data set is mirrored into the local cache (only changed objects are fetched);
+    # the config, as logged, keeps the URI the user gave.
+    data = str(localize(cfg.data.processed_dir, cfg.storage.cache_dir, cfg.storage))
     out = args.out or default_out_dir(cfg.training.output_dir, args.split)
     from ssr.tracking.context import data_fingerprint
 
-    tracker = open_tracker(
-        cfg, job="evaluate", fingerprint=data_fingerprint(cfg.data.processed_dir)
-    )
+    tracker = open_tracker(cfg, job="evaluate", fingerprint=data_fingerprint(data))
     status = "FAILED"
     try:
         result = evaluate(
             args.checkpoint,
             args.split,
-            cfg.data.processed_dir,
+            data,
             out,
             tracker=tracker,
             batch_size=cfg.training.batch_size,
