@@ -69,8 +69,13 @@ def preprocess_step(
     out.mkdir(parents=True, exist_ok=True)
     cfg_args = config_args(config_yaml, out / "config")
     raw = out / RAW
-    if data_uri:
-        source = str(localize(data_uri, out / ".cache")) if is_s3(data_uri) else data_uri
+    if data_uri and is_s3(data_uri):  # mirrored with the config's storage settings
+        from ssr.config import load_config
+
+        storage = load_config(cfg_args[1] if cfg_args else None, list(overrides)).storage
+        source = str(localize(data_uri, out / ".cache", storage))
+    elif data_uri:
+        source = data_uri
     else:
         run_cli(["data", "synth", "--out", str(raw), *synth_args])
         source = str(raw)

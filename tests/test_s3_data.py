@@ -5,6 +5,7 @@ import uuid
 
 from ssr.cli import main
 from ssr.data.synth import SynthOptions, generate
+from ssr.steps import preprocess_step
 from ssr.storage import read_bytes, upload_dir
 
 
@@ -41,3 +42,22 @@ def test_preprocess_reads_and_writes_s3(s3_env, tmp_path):
     )
     local = json.loads((tmp_path / "local" / "manifest.json").read_text())
     assert local["fingerprint"] == manifest["fingerprint"]
+
+
+def test_pipeline_preprocess_step_mirrors_s3_data_with_the_config_endpoint(
+    s3_env, tmp_path, monkeypatch
+):
+    """The step reads s3:// raw data with ``storage.*`` from the config, not only from env."""
+    bucket = s3_env.create_bucket(f"step-{uuid.uuid4().hex[:8]}")
+    generate(tmp_path / "raw", SynthOptions(vocab=3, per_word=6, sessions=3, train_sessions=1))
+    upload_dir(tmp_path / "raw", f"s3://{bucket}/raw")
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    artifact = tmp_path / "artifact"
+    overrides = [f"storage.endpoint_url={s3_env.endpoint}", "tracking.wandb.enabled=false"]
+    result = preprocess_step(str(artifact), f"s3://{bucket}/raw", "", overrides, [])
+    assert result["utterances"]["test"] == len(list((tmp_path / "raw/test").rglob("*.npz")))
+    kept = sorted(p.name for p in (artifact / "raw" / "test").rglob("*.npz"))
+    assert kept == sorted(p.name for p in (tmp_path / "raw/test").rglob("*.npz"))
+    assert (artifact / "processed" / "manifest.json").is_file()
+    assert sorted(p.name for p in artifact.iterdir()) == ["processed", "raw"]  # no cache left
