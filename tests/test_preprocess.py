@@ -189,11 +189,11 @@ def test_bad_input_exits_2_naming_file_and_keeps_output(
     root = tmp_path / "raw"
     shutil.copytree(raw, root)
     bad = corrupt(root)
-    fresh = tmp_path / "fresh"
+    fresh = tmp_path / "new" / "fresh"
     assert main(["preprocess", *_overrides(root, fresh)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and problem in err, err
-    assert not fresh.exists()
+    assert not (tmp_path / "new").exists()  # not even the parent folder
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "manifest.json").write_text("{}")

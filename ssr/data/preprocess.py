@@ -223,6 +223,27 @@ def _from_spill(
     del filtered
 
 
+def _pass_one(
+    cfg: Config, local: Mapping[str, str], spill: Path
+) -> tuple[dict[str, SplitScan], RunningStats, Fingerprint]:
+    """Check and fingerprint every split; filter training recordings into stats and ``spill``."""
+    channels = cfg.model.num_channels
+    conditioner = FeatureExtractor.from_config(cfg, np.zeros(channels), np.ones(channels))
+    stats = RunningStats(channels)
+    fingerprint = Fingerprint()
+    with open(spill, "wb") as fh:
+
+        def keep(utt: Utterance) -> None:
+            x = conditioner.filter(utt.emg)
+            stats.add(x)
+            x.tofile(fh)
+
+        scans = {"train": scan_split("train", local["train"], cfg, fingerprint, keep)}
+    for name in ("val", "test"):
+        scans[name] = scan_split(name, local[name], cfg, fingerprint)
+    return scans, stats, fingerprint
+
+
 def run_preprocess(cfg: Config) -> Path:
     """Preprocess the configured train/val/test splits into ``data.processed_dir``; return it.
 
@@ -238,24 +259,16 @@ def run_preprocess(cfg: Config) -> Path:
         out_dir = Path(cfg.storage.cache_dir) / "processed-upload" / Path(target[5:]).name
     else:
         out_dir = Path(target)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # The spill file goes on the output's file system, into a folder that exists already (a
+    # failed run creates no directories).
+    spill_root = out_dir.resolve().parent
+    while not spill_root.is_dir():
+        spill_root = spill_root.parent
 
     channels = cfg.model.num_channels
-    conditioner = FeatureExtractor.from_config(cfg, np.zeros(channels), np.ones(channels))
-    stats = RunningStats(channels)
-    fingerprint = Fingerprint()
-    with tempfile.TemporaryDirectory(prefix=".ssr-spill-", dir=out_dir.parent) as spill_dir:
+    with tempfile.TemporaryDirectory(prefix=".ssr-spill-", dir=spill_root) as spill_dir:
         spill = Path(spill_dir) / "train_filtered.f32"
-        with open(spill, "wb") as fh:
-
-            def keep(utt: Utterance) -> None:
-                x = conditioner.filter(utt.emg)
-                stats.add(x)
-                x.tofile(fh)
-
-            scans = {"train": scan_split("train", local["train"], cfg, fingerprint, keep)}
-        for name in ("val", "test"):
-            scans[name] = scan_split(name, local[name], cfg, fingerprint)
+        scans, stats, fingerprint = _pass_one(cfg, local, spill)
         train = scans["train"].utterances
         labels = check_labels(train, {n: scans[n].utterances for n in ("val", "test")})
         label_ids = {label: i for i, label in enumerate(labels)}
