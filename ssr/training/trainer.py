@@ -41,7 +41,7 @@ from ssr.storage import copy as copy_object
 from ssr.tracking.base import NullTracker, Tracker
 from ssr.tracking.context import describe_device
 from ssr.training import distributed
-from ssr.training.checkpoint import BEST, LAST, checkpoint_bytes, epoch_name, save_checkpoint
+from ssr.training.checkpoint import BEST, LAST, checkpoint_bytes, epoch_name
 from ssr.training.early_stopping import EarlyStopping
 from ssr.training.runtime import (
     OOM_ADVICE,
@@ -290,18 +290,14 @@ class Trainer:
             names.append(epoch_name(self.epoch))
         # The resume copy goes up completely, then latest.json moves to it (ssr.storage.pointer);
         # the named copies are made from it, server-side on S3, so the bytes go up once.
-        source: str | None = None
-        if self.publisher is not None:
-            pointer = self.publisher.publish(
-                data, epoch=self.epoch, global_step=self.global_step, run_ids=state["tracking"]
-            )
-            source = join(ckdir, pointer.checkpoint)
+        assert self.publisher is not None, "checkpoints are saved by the main rank inside fit()"
+        pointer = self.publisher.publish(
+            data, epoch=self.epoch, global_step=self.global_step, run_ids=state["tracking"]
+        )
+        source = join(ckdir, pointer.checkpoint)
         for name in names:
-            if source is not None:
-                path = join(ckdir, name)
-                copy_object(source, path, self.cfg.storage)
-            else:
-                path = save_checkpoint(state, ckdir, name, self.cfg.storage, data)
+            path = join(ckdir, name)
+            copy_object(source, path, self.cfg.storage)
             if name == BEST:
                 self.best_checkpoint = path
         log.info("epoch %d: saved %s in %s", self.epoch, ", ".join(names), ckdir)
