@@ -98,6 +98,11 @@ class TrainingConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
+    run_id: str | None = Field(
+        None,
+        description="the pipeline run this training belongs to; stored in every checkpoint so "
+        "--resume refuses another run's checkpoint",
+    )
 
 
 class MlflowConfig(_Section):
@@ -139,6 +144,12 @@ class RegistryConfig(_Section):
     min_accuracy: float = Field(0.5, ge=0, le=1)
     margin: float = Field(0.0, ge=0, le=1)
     p_value: float = Field(0.05, gt=0, le=1)
+    baseline_margin: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="required test-accuracy gain over the strong linear baseline (ssr.baseline)",
+    )
     log_pytorch_model: bool = Field(
         True, description="also log the network in MLflow's PyTorch flavour (torch.export pt2)"
     )
