@@ -1,10 +1,12 @@
-"""Classification metrics (numpy only) and ``ssr evaluate``: score a checkpoint on a split."""
+"""``ssr evaluate``: score a checkpoint on a split, beside the strong linear baseline.
+
+The metrics themselves live in :mod:`ssr.metrics`; they are re-exported here for callers.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,55 +16,22 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ssr.baseline import score_baseline
 from ssr.data.processed import ProcessedSplit, collate
 from ssr.errors import DataError
-from ssr.fsutil import write_json
+from ssr.fsutil import write_json, write_text
+from ssr.metrics import (
+    MACRO_F1_CONVENTION,
+    accuracy,
+    confusion_matrix,
+    macro_f1,
+    per_class_metrics,
+)
 from ssr.plots import plot_confusion_matrix
+from ssr.report import render_report
 from ssr.tracking.base import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
-
-
-def confusion_matrix(
-    y_true: np.ndarray | Sequence[int], y_pred: np.ndarray | Sequence[int], num_classes: int
-) -> np.ndarray:
-    """(num_classes, num_classes) counts; rows are true labels, columns predictions.
-
-    Raises ValueError for arrays of different shapes or a label outside ``[0, num_classes)``.
-    """
-    t = np.asarray(y_true, dtype=np.int64)
-    p = np.asarray(y_pred, dtype=np.int64)
-    if t.shape != p.shape or t.ndim != 1:
-        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} must be 1-D and equally long")
-    if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}) for {num_classes} class names")
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (t, p), 1)
-    return cm
-
-
-def per_class_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Precision, recall, F1 and support per class (0 where undefined)."""
-    tp = np.diag(cm).astype(float)
-    predicted = cm.sum(axis=0).astype(float)
-    support = cm.sum(axis=1).astype(float)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
-
-
-def macro_f1(cm: np.ndarray) -> float:
-    """Unweighted mean F1 over the classes present in the true labels."""
-    per = per_class_metrics(cm)
-    present = per["support"] > 0
-    return float(per["f1"][present].mean()) if present.any() else 0.0
-
-
-def accuracy(cm: np.ndarray) -> float:
-    total = cm.sum()
-    return float(np.trace(cm) / total) if total else 0.0
 
 
 @torch.no_grad()
@@ -116,6 +85,19 @@ class EvalResult:
     confusion_matrix: list[list[int]]
     out_dir: str
     files: dict[str, str] = field(default_factory=dict)
+    baseline: dict[str, Any] | None = None
+
+    def scalars(self) -> dict[str, float]:
+        """``{split}/loss``, ``/accuracy``, ``/macro_f1`` and the baseline's, for trackers."""
+        out = {
+            f"{self.split}/loss": self.loss,
+            f"{self.split}/accuracy": self.accuracy,
+            f"{self.split}/macro_f1": self.macro_f1,
+        }
+        if self.baseline is not None:
+            out[f"{self.split}/baseline_accuracy"] = float(self.baseline["accuracy"])
+            out[f"{self.split}/baseline_macro_f1"] = float(self.baseline["macro_f1"])
+        return out
 
     def metrics(self) -> dict[str, Any]:
         """The JSON written to ``metrics.json``."""
@@ -128,6 +110,8 @@ class EvalResult:
             "labels": self.labels,
             "per_class": self.per_class,
             "confusion_matrix": self.confusion_matrix,
+            "macro_f1_convention": MACRO_F1_CONVENTION,
+            **({"baseline": self.baseline} if self.baseline is not None else {}),
         }
 
 
@@ -139,12 +123,15 @@ def evaluate(
     tracker: Tracker | None = None,
     batch_size: int = 64,
     device: str | torch.device = "auto",
+    baseline: bool = True,
 ) -> EvalResult:
     """Score ``checkpoint`` on ``split`` of ``processed_dir``; write metrics.json,
-    confusion_matrix.png and predictions.json to ``out_dir``.
+    confusion_matrix.png, predictions.json and report.html to ``out_dir``.
 
     The model is rebuilt from the config stored in the checkpoint. The loss is plain
-    cross-entropy (no label smoothing), so it is comparable across training configs.
+    cross-entropy (no label smoothing), so it is comparable across training configs. With
+    ``baseline``, :mod:`ssr.baseline` is fitted on the train split and scored on the same
+    split (``metrics.json``'s ``baseline``, tracked as ``{split}/baseline_*``).
     """
     # ssr.training imports this module, so its parts are imported here, not at the top.
     from ssr.training.checkpoint import load_checkpoint, restore_model
@@ -182,6 +169,8 @@ def evaluate(
         confusion_matrix=cm.tolist(),
         out_dir=str(out_dir),
     )
+    if baseline:
+        result.baseline = score_baseline(processed_dir, split).summary()
     out_path = Path(out_dir)
     predictions = [
         {
@@ -204,31 +193,34 @@ def evaluate(
         cm, labels, out_path / "confusion_matrix.png", title=f"Confusion matrix ({split})"
     )
     write_json(out_path / "metrics.json", result.metrics())
+    write_text(
+        out_path / "report.html",
+        render_report(result.metrics(), out_path / "confusion_matrix.png"),
+    )
     result.files = {
         "metrics": str(out_path / "metrics.json"),
         "predictions": str(out_path / "predictions.json"),
         "confusion_matrix": str(out_path / "confusion_matrix.png"),
+        "report": str(out_path / "report.html"),
     }
-    tracker.log_metrics(
-        {
-            f"{split}/loss": result.loss,
-            f"{split}/accuracy": result.accuracy,
-            f"{split}/macro_f1": result.macro_f1,
-        },
-        step=0,
-    )
+    tracker.log_metrics(result.scalars(), step=0)
     tracker.log_confusion_matrix(
         out["true"].tolist(), out["pred"].tolist(), labels, key=f"{split}/confusion_matrix"
     )
     tracker.log_artifact(result.files["metrics"], artifact_path="evaluation")
     tracker.log_artifact(result.files["predictions"], artifact_path="evaluation")
+    tracker.log_artifact(result.files["report"], artifact_path="evaluation")
     log.info(
-        "%s: loss %.4f accuracy %.4f macro-F1 %.4f (%d utterances)",
+        "%s: loss %.4f accuracy %.4f macro-F1 %.4f (%d utterances)%s",
         split,
         result.loss,
         result.accuracy,
         result.macro_f1,
         result.num_samples,
+        f"; baseline accuracy {result.baseline['accuracy']:.4f} macro-F1 "
+        f"{result.baseline['macro_f1']:.4f}"
+        if result.baseline
+        else "",
     )
     return result
 

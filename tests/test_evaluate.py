@@ -75,8 +75,19 @@ def test_evaluate_writes_metrics_plot_and_predictions(
         "confusion_matrix.png",
         "metrics.json",
         "predictions.json",
+        "report.html",
     ]
     metrics = json.loads((out / "metrics.json").read_text())
+    # the strong linear baseline, fitted on train and scored on the same split, sits beside it
+    baseline = metrics["baseline"]
+    assert 0.0 <= baseline["accuracy"] <= 1.0 and 0.0 <= baseline["macro_f1"] <= 1.0
+    assert baseline["num_train"] > 0 and "logistic" in baseline["name"]
+    assert result.baseline == baseline
+    assert result.scalars()["test/baseline_accuracy"] == baseline["accuracy"]
+    assert "classes present in the true labels" in metrics["macro_f1_convention"]
+    report = (out / "report.html").read_text()
+    assert "baseline" in report and "data:image/png;base64," in report
+    assert f"{metrics['accuracy']:.4f}" in report and f"{baseline['accuracy']:.4f}" in report
     assert metrics["num_samples"] == 12 == result.num_samples
     assert set(metrics["per_class"]) == set(LABELS)
     assert sum(map(sum, metrics["confusion_matrix"])) == 12

@@ -28,7 +28,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ssr.evaluation import confusion_matrix
+from ssr.metrics import confusion_matrix
 from ssr.plots import plot_confusion_matrix
 
 log = logging.getLogger(__name__)
