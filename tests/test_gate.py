@@ -79,3 +79,19 @@ def test_first_model_needs_only_minimum_accuracy() -> None:
     assert "gate.n01" not in good.to_tags()
     bad = decide(np.array([True] * 4 + [False] * 6), None, **GATE)
     assert not bad.promote and "below minimum" in bad.reason
+
+
+def test_challenger_must_beat_the_linear_baseline() -> None:
+    challenger = np.array([True] * 7 + [False] * 3)  # 0.7
+    # worse than the baseline: refused even without a champion, and the tags say why
+    worse = decide(challenger, None, **GATE, baseline_accuracy=0.8)
+    assert not worse.promote and "linear baseline" in worse.reason
+    assert worse.to_tags()["gate.baseline_accuracy"] == "0.8"
+    # equal is not better; a margin the gain does not reach blocks too
+    assert not decide(challenger, None, **GATE, baseline_accuracy=0.7).promote
+    assert not decide(challenger, None, **GATE, baseline_accuracy=0.65, baseline_margin=0.1).promote
+    assert decide(challenger, None, **GATE, baseline_accuracy=0.6, baseline_margin=0.1).promote
+    # with a champion the baseline is checked first
+    champion = np.array([False] * 10)
+    assert not decide(challenger, champion, **GATE, baseline_accuracy=0.9).promote
+    assert decide(challenger, champion, **GATE, baseline_accuracy=0.5).promote

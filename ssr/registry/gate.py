@@ -1,7 +1,10 @@
 """The promotion gate: a challenger replaces the champion only if it is clearly better.
 
 Both models are scored on the same test utterances, so the comparison is paired: McNemar's
-exact test looks only at the utterances where exactly one model is right.
+exact test looks only at the utterances where exactly one model is right. Before any champion
+is consulted, the challenger must beat the strong linear baseline (:mod:`ssr.baseline`) on the
+same split by ``baseline_margin``: a network that a logistic regression on the envelope
+outperforms is not worth serving, whatever the champion is.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class GateDecision:
     margin: float
     p_threshold: float
     champion_accuracy: float | None = None
+    baseline_accuracy: float | None = None
+    baseline_margin: float | None = None
     n: int | None = None
     n01: int | None = None
     n10: int | None = None
@@ -105,36 +110,47 @@ def decide(
     min_accuracy: float,
     margin: float,
     p_value: float,
+    baseline_accuracy: float | None = None,
+    baseline_margin: float = 0.0,
 ) -> GateDecision:
-    """Apply the gate: minimum accuracy, then (with a champion) margin and McNemar significance.
+    """Apply the gate: minimum accuracy, the baseline, then (with a champion) margin and
+    McNemar significance.
 
-    Without a champion the challenger is promoted when it reaches ``min_accuracy``. With one,
-    it must also be strictly more accurate, by at least ``margin``, and significantly better.
+    The challenger must reach ``min_accuracy`` and, when ``baseline_accuracy`` is given, be
+    strictly more accurate than the baseline by at least ``baseline_margin``. Without a
+    champion that promotes it. With one, it must also be strictly more accurate, by at least
+    ``margin``, and significantly better.
     """
     challenger = _as_bool_vector(challenger_correct, "challenger_correct")
     if challenger.size == 0:
         raise ValueError("no test predictions for the challenger")
     acc = float(challenger.mean())
-    common = {"min_accuracy": min_accuracy, "margin": margin, "p_threshold": p_value}
-    if champion_correct is None:
-        if acc < min_accuracy:
-            reason = f"accuracy {acc:.4f} below minimum {min_accuracy:.4f}"
-            return GateDecision(False, reason, acc, **common)
-        return GateDecision(True, "no champion yet; minimum accuracy reached", acc, **common)
-
-    test = mcnemar_exact(challenger, champion_correct)
-    numbers = {
-        "champion_accuracy": test.champion_accuracy,
-        "n": test.n,
-        "n01": test.n01,
-        "n10": test.n10,
-        "p_value": test.p_value,
-    }
-    gain = acc - test.champion_accuracy
+    common: dict = {"min_accuracy": min_accuracy, "margin": margin, "p_threshold": p_value}
+    if baseline_accuracy is not None:
+        common.update(baseline_accuracy=baseline_accuracy, baseline_margin=baseline_margin)
+    if champion_correct is not None:  # the paired numbers are recorded whatever decides
+        test = mcnemar_exact(challenger, champion_correct)
+        common.update(
+            champion_accuracy=test.champion_accuracy,
+            n=test.n,
+            n01=test.n01,
+            n10=test.n10,
+            p_value=test.p_value,
+        )
+    over = None if baseline_accuracy is None else acc - baseline_accuracy
     if acc < min_accuracy:
         reason = f"accuracy {acc:.4f} below minimum {min_accuracy:.4f}"
         promote = False
-    elif gain <= 0 or gain < margin - _EPS:
+    elif over is not None and (over <= 0 or over < baseline_margin - _EPS):
+        reason = (
+            f"accuracy {acc:.4f} does not beat the linear baseline ({baseline_accuracy:.4f}) "
+            f"by margin {baseline_margin:.4f}"
+        )
+        promote = False
+    elif champion_correct is None:
+        reason = "no champion yet; minimum accuracy reached"
+        promote = True
+    elif (gain := acc - test.champion_accuracy) <= 0 or gain < margin - _EPS:
         reason = f"accuracy gain {gain:+.4f} does not exceed the champion by margin {margin:.4f}"
         promote = False
     elif test.p_value >= p_value:
@@ -143,4 +159,4 @@ def decide(
     else:
         reason = f"better by {gain:+.4f}, McNemar p={test.p_value:.4g} < {p_value:g}"
         promote = True
-    return GateDecision(promote, reason, acc, **common, **numbers)
+    return GateDecision(promote, reason, acc, **common)

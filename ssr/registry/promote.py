@@ -30,6 +30,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ssr.baseline import score_baseline
 from ssr.config import Config
 from ssr.errors import RegistryError
 from ssr.registry.gate import GateDecision, decide
@@ -272,12 +273,15 @@ def gate_versions(
             f"models:/{name}/{champion}", data.processed_dir, data.test_dir
         )
     reg = cfg.registry
+    baseline = score_baseline(str(data.processed_dir), "test")
     return decide(
         np.asarray(cand_correct, bool),
         None if champ_correct is None else np.asarray(champ_correct, bool),
         min_accuracy=reg.min_accuracy,
         margin=reg.margin,
         p_value=reg.p_value,
+        baseline_accuracy=baseline.accuracy,
+        baseline_margin=reg.baseline_margin,
     )
 
 
