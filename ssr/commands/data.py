@@ -18,6 +18,8 @@ def _synth(args: argparse.Namespace) -> int:
         per_word=args.per_word,
         sessions=args.sessions,
         train_sessions=args.train_sessions,
+        test_sessions=args.test_sessions,
+        permuted=args.permuted,
         fmt=args.format,
         seed=args.seed,
         min_duration=args.duration[0],
@@ -77,14 +79,25 @@ def register(subparsers: Any) -> None:
     synth.add_argument("--out", required=True, help="output directory (replaced atomically)")
     synth.add_argument("--vocab", type=int, default=10, help="number of words (default 10)")
     synth.add_argument(
-        "--per-word", type=int, default=30, help="utterances per word over all sessions (30)"
+        "--per-word", type=int, default=32, help="utterances per word over all sessions (32)"
     )
-    synth.add_argument("--sessions", type=int, default=5, help="recording sessions (default 5)")
+    synth.add_argument("--sessions", type=int, default=8, help="recording sessions (default 8)")
     synth.add_argument(
-        "--train-sessions",
+        "--train-sessions", type=int, default=5, help="sessions used for training (default 5)"
+    )
+    synth.add_argument(
+        "--test-sessions",
         type=int,
-        default=3,
-        help="sessions used for training (default 3); the rest are split into val and test",
+        default=None,
+        help="sessions held out for testing (default: all sessions after the training ones "
+        "but one, which is the validation session)",
+    )
+    synth.add_argument(
+        "--permuted",
+        type=float,
+        default=0.4,
+        help="fraction of the vocabulary made of another word's gestures in another order "
+        "(default 0.4; at most half)",
     )
     synth.add_argument("--format", choices=["native", "gaddy"], default="native")
     synth.add_argument("--seed", type=int, default=0)

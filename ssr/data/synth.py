@@ -9,7 +9,9 @@ Generative model (all randomness from one seed, so the same seed gives byte-iden
   (a few muscles at given levels) with a typical duration. A word is a sequence of 2-5
   gestures; an utterance of it has speaking-rate variation, per-gesture duration and timing
   jitter, coarticulation (overlapping gestures), effort variation and occasional
-  non-speech bursts (swallows, lip presses) at random times.
+  non-speech bursts (swallows, lip presses) at random times. Part of the vocabulary
+  (``permuted``) is made of another word's gestures in a different order (as "top"/"pot"
+  share articulators), so a model that ignores the order of events cannot tell them apart.
 * **Sessions.** Each recording session re-attaches the electrodes: its own per-channel gains,
   a small shift of the array relative to the muscles, crosstalk between neighbouring channels,
   powerline hum (with harmonics) of its own strength and phase, DC offsets and noise floor.
@@ -53,9 +55,11 @@ class SynthOptions:
     """What to generate; defaults take a few seconds and match ``configs/training_config.yaml``."""
 
     vocab: int = 10
-    per_word: int = 30
-    sessions: int = 5
-    train_sessions: int = 3
+    per_word: int = 32
+    sessions: int = 8
+    train_sessions: int = 5
+    test_sessions: int | None = None  # default: every held-out session but one (validation)
+    permuted: float = 0.4
     fmt: Literal["native", "gaddy"] = "native"
     seed: int = 0
     min_duration: float = 1.0
@@ -64,16 +68,30 @@ class SynthOptions:
     channels: int = 8
     powerline_freq: float = 60.0
 
+    @property
+    def num_test_sessions(self) -> int:
+        """Test sessions: ``test_sessions``, or all held-out sessions but one."""
+        if self.test_sessions is not None:
+            return self.test_sessions
+        return self.sessions - self.train_sessions - 1
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` for impossible options."""
         problems = []
         if self.vocab < 2:
             problems.append(f"vocab must be >= 2, got {self.vocab}")
-        if self.sessions - self.train_sessions < 2 or self.train_sessions < 1:
+        if (
+            self.train_sessions < 1
+            or self.num_test_sessions < 1
+            or self.sessions - self.train_sessions - self.num_test_sessions < 1
+        ):
             problems.append(
-                f"need train_sessions >= 1 and at least 2 held-out sessions (val, test); got "
-                f"sessions={self.sessions}, train_sessions={self.train_sessions}"
+                f"need train_sessions >= 1 and held-out sessions for validation (>= 1) and "
+                f"test (>= 1); got sessions={self.sessions}, train_sessions="
+                f"{self.train_sessions}, test_sessions={self.num_test_sessions}"
             )
+        if not 0.0 <= self.permuted <= 1.0:
+            problems.append(f"permuted must lie in [0, 1], got {self.permuted}")
         if self.per_word < self.sessions:
             problems.append(
                 f"per_word ({self.per_word}) must be >= sessions ({self.sessions}) so every "
@@ -158,7 +176,16 @@ def _make_world(opts: SynthOptions) -> _World:
     dur = rng.uniform(0.12, 0.25, g)
     words: dict[str, list[int]] = {}
     seen: set[tuple[int, ...]] = set()
-    for word in vocabulary(opts.vocab):
+    vocab = vocabulary(opts.vocab)
+    reordered = min(int(round(opts.permuted * opts.vocab)), opts.vocab // 2)
+    first_reordered = opts.vocab - reordered
+    for i, word in enumerate(vocab):
+        if i >= first_reordered:  # the gestures of word i - first_reordered, reordered
+            seq = _reorder(words[vocab[i - first_reordered]], seen, rng)
+            if seq is not None:
+                seen.add(tuple(seq))
+                words[word] = seq
+                continue
         while True:
             n = int(rng.integers(2, 6))
             seq = [int(rng.integers(g))]
@@ -171,6 +198,18 @@ def _make_world(opts: SynthOptions) -> _World:
                 words[word] = seq
                 break
     return _World(pos, width, sos, act, dur, words)
+
+
+def _reorder(
+    seq: list[int], seen: set[tuple[int, ...]], rng: np.random.Generator
+) -> list[int] | None:
+    """``seq``'s gestures in another order no word has yet (reversed if possible), with no
+    gesture twice in a row; None when there is none."""
+    candidates = [seq[::-1]] + [[seq[j] for j in rng.permutation(len(seq))] for _ in range(50)]
+    for cand in candidates:
+        if tuple(cand) not in seen and all(a != b for a, b in zip(cand, cand[1:], strict=False)):
+            return cand
+    return None
 
 
 def _make_session(opts: SynthOptions, world: _World, index: int) -> _Session:
@@ -291,12 +330,11 @@ def sample_utterances(
 
 
 def _split_sessions(opts: SynthOptions) -> dict[str, list[int]]:
-    held_out = list(range(opts.train_sessions, opts.sessions))
-    half = (len(held_out) + 1) // 2
+    first_test = opts.sessions - opts.num_test_sessions
     return {
         "train": list(range(opts.train_sessions)),
-        "val": held_out[:half],
-        "test": held_out[half:],
+        "val": list(range(opts.train_sessions, first_test)),
+        "test": list(range(first_test, opts.sessions)),
     }
 
 
