@@ -32,6 +32,12 @@ class ModelConfig(_Section):
     max_frames: int = Field(
         1024, ge=1, description="longest utterance, in frames, the model accepts"
     )
+    readout: Literal["segments", "mean"] = Field(
+        "segments",
+        description="segments: pool at relative-time points of the active region (keeps the "
+        "order of events); mean: one mean over all frames (order-blind)",
+    )
+    segments: int = Field(4, ge=1, le=64, description="readout points for readout=segments")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:
@@ -76,6 +82,21 @@ class DataConfig(_Section):
         return self
 
 
+class AugmentConfig(_Section):
+    """Training-time augmentation mimicking session changes (see :mod:`ssr.training.augment`)."""
+
+    enabled: bool = True
+    gain_std: float = Field(0.3, ge=0, description="per-electrode log-power offset, std")
+    shift: float = Field(0.3, ge=0, le=0.5, description="max fraction of a neighbour mixed in")
+    stretch: float = Field(0.15, ge=0, lt=1, description="speaking-rate change, +- fraction")
+    time_shift: int = Field(2, ge=0, description="max frames the utterance is rolled by")
+    time_masks: int = Field(1, ge=0, description="masked time spans per utterance")
+    time_mask_frames: int = Field(2, ge=0, description="max frames per time mask")
+    freq_masks: int = Field(2, ge=0, description="masked band spans per utterance")
+    freq_mask_bands: int = Field(8, ge=0, description="max bands per frequency mask")
+    noise_std: float = Field(0.1, ge=0, description="Gaussian noise on the log powers, std")
+
+
 class TrainingConfig(_Section):
     """Optimisation, checkpoints and logging cadence (seed: ``training`` section)."""
 
@@ -98,6 +119,7 @@ class TrainingConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     run_id: str | None = Field(
         None,
         description="the pipeline run this training belongs to; stored in every checkpoint so "
@@ -146,7 +168,7 @@ class RegistryConfig(_Section):
     p_value: float = Field(0.05, gt=0, le=1)
     baseline_margin: float = Field(
         0.0,
-        ge=-1,
+        ge=0,
         le=1,
         description="required test-accuracy gain over the strong linear baseline (ssr.baseline)",
     )

@@ -5,9 +5,19 @@ frames, all bins): a recording session's electrode gain is an additive offset in
 this removes it. The ``input_size`` bins are then projected to ``hidden_size`` by one shared
 linear layer, plus a learned electrode embedding and a sinusoidal frame position encoding. Each
 of the ``num_layers`` blocks attends first across the electrodes of one frame (spatial), then
-across the frames of one electrode (temporal, padding masked). A masked mean over valid frames,
-taken per electrode, and the electrodes' vectors concatenated feed the classifier, so the
-electrode pattern reaches it and padding never changes the output.
+across the frames of one electrode (temporal, padding masked).
+
+The readout keeps the order of events (``model.readout``):
+
+* ``segments`` (default): the utterance's active region is found from its frame energy (the
+  frames louder than the midpoint between its quietest and loudest frame, plus one either
+  side), and ``model.segments`` relative-time points spread over that region each pool the
+  frames near them (Gaussian weights in relative time). A word spoken earlier, later, faster or
+  slower lands on the same points, and "A then B" differs from "B then A".
+* ``mean``: one mean over all valid frames (order-blind; kept for comparison).
+
+Pooling is per electrode and the electrodes' vectors are concatenated for the classifier, so
+the electrode pattern reaches it; padding never changes the output.
 """
 
 from __future__ import annotations
@@ -104,7 +114,11 @@ class SpatiotemporalTransformer(nn.Module):
             FactorisedBlock(h, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers)
         )
         self.final_norm = nn.LayerNorm(h)
-        self.classifier = nn.Linear(cfg.num_channels * h, num_classes)
+        points = cfg.segments if cfg.readout == "segments" else 1
+        self.register_buffer(
+            "segment_centres", (torch.arange(points) + 0.5) / points, persistent=False
+        )
+        self.classifier = nn.Linear(points * cfg.num_channels * h, num_classes)
         self._init_for_stable_start()
 
     def _init_for_stable_start(self) -> None:
@@ -144,6 +158,7 @@ class SpatiotemporalTransformer(nn.Module):
         b, t, c, _ = x.shape
         if padding_mask is None:
             padding_mask = torch.zeros(b, t, dtype=torch.bool, device=x.device)
+        weights = self.readout_weights(x, padding_mask)  # (B, T, K), computed on the raw input
         valid = (~padding_mask).to(x.dtype)[:, :, None, None]  # (B, T, 1, 1)
         frames = valid.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, 1, 1, 1)
         # per electrode, minus its mean over valid frames and all bins: the session gain
@@ -154,9 +169,37 @@ class SpatiotemporalTransformer(nn.Module):
         for block in self.blocks:
             h = block(h, padding_mask)
         h = self.final_norm(h)  # (B, T, C, H)
-        valid = valid.to(h.dtype)
-        pooled = (h * valid).sum(dim=1) / frames.squeeze(1).to(h.dtype)  # per electrode (B, C, H)
+        pooled = torch.einsum("btk,btch->bkch", weights.to(h.dtype), h)  # per point, electrode
         return self.classifier(pooled.flatten(1))
+
+    def readout_weights(self, x: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, K) pooling weights of each frame for each readout point; rows sum to 1 over T.
+
+        ``mean``: uniform over valid frames. ``segments``: Gaussian in relative time around
+        each point of the active region (see the module docstring).
+        """
+        valid = ~padding_mask  # (B, T)
+        if self.cfg.readout == "mean":
+            w = valid.to(x.dtype)
+            return (w / w.sum(dim=1, keepdim=True).clamp_min(1.0))[:, :, None]
+        t = x.shape[1]
+        energy = x.mean(dim=(2, 3))  # (B, T) mean log band power of each frame
+        lo = energy.masked_fill(~valid, float("inf")).amin(dim=1, keepdim=True)
+        hi = energy.masked_fill(~valid, float("-inf")).amax(dim=1, keepdim=True)
+        active = valid & (energy >= lo + 0.5 * (hi - lo))
+        steps = torch.arange(t, device=x.device)[None, :].expand_as(active)
+        first = steps.masked_fill(~active, t).amin(dim=1, keepdim=True)
+        last = steps.masked_fill(~active, -1).amax(dim=1, keepdim=True)
+        lengths = valid.sum(dim=1, keepdim=True)
+        first = (first - 1).clamp_min(0)
+        last = torch.minimum(last + 1, lengths - 1)
+        span = (last - first).clamp_min(1).to(x.dtype)
+        rel = (steps - first).to(x.dtype) / span  # (B, T): 0 at the region's start, 1 at its end
+        inside = (steps >= first) & (steps <= last)
+        width = 0.5 / self.segment_centres.numel()
+        dist = (rel[:, :, None] - self.segment_centres.to(x.dtype)) / width  # (B, T, K)
+        logits = (-0.5 * dist * dist).masked_fill(~inside[:, :, None], float("-inf"))
+        return logits.softmax(dim=1)
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:

@@ -85,7 +85,7 @@ def test_classifier_sees_each_electrode() -> None:
     # Pooled per electrode and concatenated: swapping two electrodes' features is visible.
     torch.manual_seed(0)
     model = build_model(CFG, num_classes=4).eval()
-    assert model.classifier.in_features == CFG.num_channels * CFG.hidden_size
+    assert model.classifier.in_features == CFG.segments * CFG.num_channels * CFG.hidden_size
     x = torch.randn(1, 6, 8, 8)
     swapped = x[:, :, [1, 0, 2, 3, 4, 5, 6, 7]]
     assert not torch.allclose(model(x), model(swapped), atol=1e-4)

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from ssr.config import Config
 from ssr.data.processed import ProcessedSplit, collate
 from ssr.errors import CheckpointError, ConfigError
-from ssr.evaluation import accuracy, confusion_matrix, macro_f1, predict
+from ssr.evaluation import predict
+from ssr.metrics import accuracy, confusion_matrix, macro_f1
 from ssr.model import build_model, parameter_count
 from ssr.plots import plot_confusion_matrix, plot_predictions
 from ssr.storage import (
@@ -41,6 +42,7 @@ from ssr.storage import copy as copy_object
 from ssr.tracking.base import NullTracker, Tracker
 from ssr.tracking.context import describe_device
 from ssr.training import distributed
+from ssr.training.augment import augment_batch
 from ssr.training.checkpoint import BEST, LAST, checkpoint_bytes, epoch_name
 from ssr.training.early_stopping import EarlyStopping
 from ssr.training.runtime import (
@@ -325,6 +327,7 @@ class Trainer:
         for i, batch in enumerate(bar):
             if i < skip:  # done before the preemption; the shuffle is replayed identically
                 continue
+            batch = augment_batch(batch, tc.augment, self.cfg.model.max_frames)
             batch = batch.to(self.device, non_blocking=True)
             with autocast(self.device, self.amp_dtype):
                 logits = self.train_model(batch.x, batch.padding_mask())
@@ -358,14 +361,13 @@ class Trainer:
         return total / max(count, 1)
 
     def validate(self) -> dict[str, Any]:
-        """Loss, accuracy and macro-F1 on the whole validation set (gathered over ranks)."""
-        out = predict(
-            self.model,
-            self.val_loader,
-            self.device,
-            self.amp_dtype,
-            label_smoothing=self.cfg.training.label_smoothing,
-        )
+        """Loss, accuracy and macro-F1 on the whole validation set (gathered over ranks).
+
+        The loss is plain cross-entropy, as ``ssr evaluate`` reports it: label smoothing is a
+        training regulariser, and a smoothed loss has a floor that depends on the smoothing, so
+        model selection, the LR schedule and early stopping all use the plain one.
+        """
+        out = predict(self.model, self.val_loader, self.device, self.amp_dtype)
         parts = distributed.gather_objects(out)
         merged = {k: np.concatenate([p[k] for p in parts]) for k in out}
         cm = confusion_matrix(merged["true"], merged["pred"], len(self.labels))
