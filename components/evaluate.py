@@ -1,7 +1,17 @@
-"""KFP component: evaluate on the held-out test split, emit KFP metrics and a confusion matrix."""
+"""KFP component: evaluate on the held-out test split beside the linear baseline; emit KFP
+metrics, a confusion matrix and an HTML report the KFP UI renders."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Metrics,
+    Model,
+    Output,
+)
 
 from components.image import SSR_IMAGE
 
@@ -13,14 +23,22 @@ def evaluate(
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
     report: Output[Artifact],
+    summary: Output[HTML],
     config_yaml: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameter default
 ) -> float:
-    """Same as ``ssr evaluate --split test``; returns the test accuracy for the gate."""
+    """Same as ``ssr evaluate --split test``; returns the test accuracy for the gate.
+
+    ``metrics`` holds the model's accuracy, macro-F1 and loss and the baseline's accuracy and
+    macro-F1; ``summary`` is ``report.html`` (model vs baseline, per class, confusion matrix).
+    """
+    import shutil
+
     from ssr.steps import evaluate_step
 
     result = evaluate_step(processed.path, model.path, report.path, config_yaml, overrides)
     for name, value in result["scalars"].items():
         metrics.log_metric(name, value)
     confusion.log_confusion_matrix(result["labels"], result["confusion_matrix"])
+    shutil.copyfile(result["report_html"], summary.path)
     return float(result["scalars"]["accuracy"])

@@ -160,11 +160,18 @@ def evaluate_step(
         )
     metrics = json.loads((Path(report_dir) / "metrics.json").read_text())
     scalars = {k: float(metrics[k]) for k in ("accuracy", "macro_f1", "loss")}
+    for key, value in (metrics.get("baseline") or {}).items():
+        if key in ("accuracy", "macro_f1"):
+            scalars[f"baseline_{key}"] = float(value)
     return {
         "scalars": scalars,
+        "report_html": str(Path(report_dir) / "report.html"),
         "labels": list(metrics["labels"]),
         "confusion_matrix": [[int(v) for v in row] for row in metrics["confusion_matrix"]],
     }
+
+
+GATE_TAG = "pipeline.gate_action"  # set on a version once the step's gate has run
 
 
 def register_step(
