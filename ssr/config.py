@@ -87,7 +87,7 @@ class AugmentConfig(_Section):
 
     enabled: bool = True
     gain_std: float = Field(0.3, ge=0, description="per-electrode log-power offset, std")
-    shift: float = Field(0.3, ge=0, le=0.5, description="max fraction of a neighbour mixed in")
+    shift: float = Field(0.75, ge=0, lt=1, description="max fraction of a neighbour mixed in")
     stretch: float = Field(0.15, ge=0, lt=1, description="speaking-rate change, +- fraction")
     time_shift: int = Field(2, ge=0, description="max frames the utterance is rolled by")
     time_masks: int = Field(1, ge=0, description="masked time spans per utterance")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssr.config import Config, dump_config, load_config, parse_override
+from ssr.config import Config, dump_config, flatten, load_config, parse_override
 from ssr.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,3 +82,27 @@ def test_dump_round_trips(tmp_path: Path) -> None:
     path = _write(tmp_path, dump_config(cfg))
     assert load_config(path) == cfg
     assert yaml.safe_load(path.read_text())["model"]["hidden_size"] == 64
+
+
+def test_small_preset_is_complete_and_only_resizes() -> None:
+    small_path = REPO / "configs" / "small.yaml"
+    raw_small, raw_seed = yaml.safe_load(small_path.read_text()), yaml.safe_load(YAML.read_text())
+    # a complete file: the same sections and keys as the seed config, nothing left implicit
+    assert flatten(raw_small).keys() == flatten(raw_seed).keys()
+    small, seed = load_config(small_path).flat(), load_config(YAML).flat()
+    changed = {k for k in seed if small[k] != seed[k]}
+    assert changed == {
+        "model.hidden_size",
+        "model.num_heads",
+        "model.num_layers",
+        "training.num_epochs",
+        "training.num_workers",
+    }
+
+
+def test_augment_keys_are_validated() -> None:
+    with pytest.raises(ConfigError, match="training.augment.shift"):
+        load_config(None, ["training.augment.shift=1.5"])
+    with pytest.raises(ConfigError, match="training.augment.bogus: unknown key"):
+        load_config(None, ["training.augment.bogus=1"])
+    assert load_config(None, ["training.augment.enabled=false"]).training.augment.enabled is False
