@@ -15,6 +15,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "training_config.yaml"
+SMALL_CONFIG = REPO / "configs" / "small.yaml"  # the CPU-sized preset `make run-local` trains
 if str(REPO) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not the repo, first
     sys.path.insert(0, str(REPO))
 
@@ -24,7 +25,7 @@ NO_TRACKING = [
     "tracking.wandb.enabled=false",
     "training.viz_interval=1000000",
 ]
-# The small model of the local pipeline run (pipelines/run_local.py LOCAL_OVERRIDES).
+# The model size of configs/small.yaml, as overrides of configs/training_config.yaml.
 SMALL_MODEL = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4"]
 
 
@@ -189,11 +190,11 @@ class BenchData:
     raw_dirs: dict[str, Path]
     overrides: list[str]  # what ``cfg`` adds to configs/training_config.yaml
 
-    def config(self, extra: Sequence[str] = ()) -> Any:
-        """The config of this data set with ``extra`` overrides (e.g. another model size)."""
+    def config(self, extra: Sequence[str] = (), config: str | os.PathLike[str] = CONFIG) -> Any:
+        """The config file ``config`` pointed at this data set, with ``extra`` overrides."""
         from ssr.config import load_config
 
-        return load_config(CONFIG, [*self.overrides, *extra])
+        return load_config(config, [*self.overrides, *extra])
 
 
 def synth_options(quick: bool, seed: int = 0) -> Any:
@@ -206,18 +207,27 @@ def synth_options(quick: bool, seed: int = 0) -> Any:
 
 
 def make_data(
-    root: str | os.PathLike[str], quick: bool, overrides: Sequence[str] = (), seed: int = 0
+    root: str | os.PathLike[str],
+    quick: bool,
+    overrides: Sequence[str] = (),
+    seed: int = 0,
+    options: Any = None,
+    name: str | None = None,
 ) -> BenchData:
-    """Generate synthetic EMG under ``root/synth`` and preprocess it (reused when present)."""
+    """Generate synthetic EMG under ``root/<name>`` and preprocess it (reused when present).
+
+    ``options`` (``SynthOptions``) replaces :func:`synth_options`; ``name`` defaults to
+    ``synth`` or ``synth-quick``.
+    """
     from ssr.config import load_config
     from ssr.data.preprocess import run_preprocess
     from ssr.data.synth import generate
 
-    out = Path(root) / ("synth-quick" if quick else "synth")
+    out = Path(root) / (name or ("synth-quick" if quick else "synth"))
     raw = {name: out / name for name in ("train", "val", "test")}
     processed = out / "processed"
     if not (out / "synth.json").is_file():
-        generate(out, synth_options(quick, seed))
+        generate(out, options or synth_options(quick, seed))
     ov = [
         *(f"data.{name}_dir={path}" for name, path in raw.items()),
         f"data.processed_dir={processed}",
