@@ -67,7 +67,8 @@ CHECKPOINT ?= /outputs/checkpoints/best_model.pth
 ARGS ?=
 SHM_SIZE ?= 2g
 GPU_FLAGS ?=
-K8S_OVERLAYS ?= dev production
+K8S_OVERLAYS ?= dev production profile
+K8S_RENDER_DIR ?= build/k8s
 # The container user: yours, so outputs stay yours; uid 1000 (the image's user) when run as root.
 RUN_USER ?= $(if $(filter 0,$(shell id -u)),1000:1000,$(shell id -u):$(shell id -g))
 IN_CONFIG := --config /opt/ssr/configs/training_config.yaml
@@ -123,12 +124,13 @@ component-local: ## run COMPONENT (preprocess|train|evaluate) in IMAGE on DATA_D
 	  $(IMAGE) $(COMPONENT_CMD_$(COMPONENT)) $(ARGS)
 
 k8s-render: ## render every overlay to build/k8s/OVERLAY.yaml (secrets from the .example templates)
-	@mkdir -p build/k8s
+	@mkdir -p $(K8S_RENDER_DIR)
 	@for o in $(K8S_OVERLAYS); do \
 	  tmp=$$(mktemp -d); cp -r k8s "$$tmp/"; \
-	  for f in "$$tmp"/k8s/overlays/$$o/secrets/*.env.example; do cp "$$f" "$${f%.example}"; done; \
-	  kubectl kustomize "$$tmp/k8s/overlays/$$o" > build/k8s/$$o.yaml || { rm -rf "$$tmp"; exit 1; }; \
-	  rm -rf "$$tmp"; echo "build/k8s/$$o.yaml"; \
+	  find "$$tmp/k8s/overlays/$$o" -path '*/secrets/*.env.example' | while read -r f; do \
+	    cp "$$f" "$${f%.example}"; done; \
+	  kubectl kustomize "$$tmp/k8s/overlays/$$o" > $(K8S_RENDER_DIR)/$$o.yaml || { rm -rf "$$tmp"; exit 1; }; \
+	  rm -rf "$$tmp"; echo "$(K8S_RENDER_DIR)/$$o.yaml"; \
 	done
 # ---- end containers and Kubernetes ----------------------------------------------------------
 

@@ -20,6 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 PLACEHOLDER = "CHANGE_ME"
+SERVER_NAMESPACE = "ssr"
+# The profile overlay's one namespace setting (k8s/overlays/profile/pipeline/kustomization.yaml).
+PROFILE_NAMESPACE = "kubeflow-user-example-com"
+# Where each overlay puts the pipeline's side: its secrets, service account and Role.
+PIPELINE_NAMESPACE = {"profile": PROFILE_NAMESPACE}
+PIPELINE_OBJECTS = {"ServiceAccount", "Role", "RoleBinding"}
 PIPELINE_SECRETS = {
     "ssr-s3-credentials": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"},
     "ssr-mlflow-credentials": {
@@ -43,12 +49,19 @@ WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH")
 
 
-def render(overlay: str, tmp: Path) -> list[dict[str, Any]]:
-    """Render ``k8s/overlays/<overlay>`` with the example secrets; the parsed objects."""
+def render(overlay: str, tmp: Path, edit: dict[str, tuple[str, str]] | None = None) -> list[dict]:
+    """Render ``k8s/overlays/<overlay>`` with the example secrets; the parsed objects.
+
+    ``edit`` maps a file below k8s/ to an (old, new) text replacement made in the copy first.
+    """
     copy = tmp / "k8s"
     shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("*.env"))
-    for example in copy.glob(f"overlays/{overlay}/secrets/*.env.example"):
+    for example in copy.glob(f"overlays/{overlay}/**/secrets/*.env.example"):
         shutil.copy(example, example.with_suffix(""))
+    for name, (old, new) in (edit or {}).items():
+        path = copy / name
+        assert old in path.read_text(), f"{name}: {old!r} not found"
+        path.write_text(path.read_text().replace(old, new))
     out = subprocess.run(
         ["kubectl", "kustomize", str(copy / "overlays" / overlay)],
         capture_output=True,
@@ -61,12 +74,25 @@ def render(overlay: str, tmp: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
-def objects(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> list[dict[str, Any]]:
+def overlay(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def objects(overlay: str, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not on PATH")
-    return render(request.param, tmp_path_factory.mktemp(request.param))
+    return render(overlay, tmp_path_factory.mktemp(overlay))
+
+
+def expected_namespace(overlay: str, obj: dict[str, Any]) -> str:
+    """ssr for the tracking server's side; the pipeline's side where the overlay puts it."""
+    pipeline_side = obj["kind"] in PIPELINE_OBJECTS or (
+        obj["kind"] == "Secret" and obj["metadata"]["name"] in PIPELINE_SECRETS
+    )
+    if pipeline_side and obj["metadata"].get("namespace") != SERVER_NAMESPACE:
+        return PIPELINE_NAMESPACE.get(overlay, SERVER_NAMESPACE)
+    return SERVER_NAMESPACE
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -85,7 +111,7 @@ def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_overlays_exist() -> None:
-    assert {"dev", "production"} <= set(OVERLAYS)
+    assert {"dev", "production", "profile"} <= set(OVERLAYS)
 
 
 @needs_kubectl
@@ -107,7 +133,7 @@ def test_expected_objects(objects: list[dict[str, Any]]) -> None:
 
 
 @needs_kubectl
-def test_required_fields_and_namespace(objects: list[dict[str, Any]]) -> None:
+def test_required_fields_and_namespace(overlay: str, objects: list[dict[str, Any]]) -> None:
     for obj in objects:
         assert obj.get("apiVersion") and obj.get("kind"), obj
         meta = obj["metadata"]
@@ -115,15 +141,31 @@ def test_required_fields_and_namespace(objects: list[dict[str, Any]]) -> None:
         if obj["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in meta, f"{obj['kind']}/{meta['name']} is cluster-scoped"
         else:
-            assert meta.get("namespace") == "ssr", f"{obj['kind']}/{meta['name']} has no namespace"
+            want = expected_namespace(overlay, obj)
+            assert meta.get("namespace") == want, f"{obj['kind']}/{meta['name']}: not in {want}"
 
 
 @needs_kubectl
-def test_pipeline_secrets_have_the_keys_the_pipeline_mounts(objects: list[dict[str, Any]]) -> None:
-    secrets = {s["metadata"]["name"]: s for s in by_kind(objects, "Secret")}
+def test_pipeline_secrets_have_the_keys_the_pipeline_mounts(
+    overlay: str, objects: list[dict[str, Any]]
+) -> None:
+    """In the namespace the pipeline's pods run in: a pod reads Secrets only from its own."""
+    namespace = PIPELINE_NAMESPACE.get(overlay, SERVER_NAMESPACE)
+    secrets = {
+        s["metadata"]["name"]: s
+        for s in by_kind(objects, "Secret")
+        if s["metadata"]["namespace"] == namespace
+    }
     for name, keys in PIPELINE_SECRETS.items():
         data = secrets[name].get("data", {}) | secrets[name].get("stringData", {})
         assert set(data) == keys, f"{name}: keys {sorted(data)}"
+    # The MLflow server reads its artifact store credentials in its own namespace.
+    server = {
+        s["metadata"]["name"]
+        for s in by_kind(objects, "Secret")
+        if s["metadata"]["namespace"] == SERVER_NAMESPACE
+    }
+    assert {"ssr-s3-credentials", "ssr-mlflow-server", "ssr-postgres-credentials"} <= server
 
 
 def _decoded(secret: dict[str, Any]) -> dict[str, str]:
@@ -211,7 +253,7 @@ def test_rbac_is_least_privilege(objects: list[dict[str, Any]]) -> None:
     for binding in by_kind(objects, "RoleBinding"):
         assert binding["roleRef"]["kind"] == "Role"
         for subject in binding["subjects"]:
-            assert subject.get("namespace", "ssr") == "ssr"
+            assert subject.get("namespace") == binding["metadata"]["namespace"]
 
 
 @needs_kubectl
@@ -250,8 +292,138 @@ def test_mlflow_server_settings(objects: list[dict[str, Any]]) -> None:
     assert config["data"]["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
 
 
+def _admits(policy: dict[str, Any], namespace: str, label: str, value: str = "true") -> bool:
+    """Whether a NetworkPolicy's ingress admits pods labelled ``label=value`` of ``namespace``."""
+    for rule in policy["spec"].get("ingress", []):
+        for src in rule.get("from", []):
+            ns = src.get("namespaceSelector", {}).get("matchLabels", {})
+            pods = src.get("podSelector", {}).get("matchLabels", {})
+            if ns.get("kubernetes.io/metadata.name") == namespace and pods.get(label) == value:
+                return True
+    return False
+
+
+def _mlflow_policies(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in by_kind(objects, "NetworkPolicy")
+        if p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+        == "ssr-mlflow"
+    ]
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not on PATH")
+    return render("profile", tmp_path_factory.mktemp("profile"))
+
+
+def test_profile_overlay_splits_the_namespaces(profile: list[dict[str, Any]]) -> None:
+    where = {(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in profile}
+    for name in PIPELINE_SECRETS:
+        assert ("Secret", name, PROFILE_NAMESPACE) in where, name
+    for kind in PIPELINE_OBJECTS:
+        assert (kind, "ssr-pipeline-runner", PROFILE_NAMESPACE) in where, kind
+    for kind, name in [
+        ("Deployment", "ssr-mlflow"),
+        ("Service", "ssr-mlflow"),
+        ("StatefulSet", "ssr-postgres"),
+        ("Secret", "ssr-mlflow-server"),
+        ("Secret", "ssr-postgres-credentials"),
+        ("Secret", "ssr-s3-credentials"),
+    ]:
+        assert (kind, name, SERVER_NAMESPACE) in where, (kind, name)
+    # Nothing of the tracking server in the profile namespace, no pipeline secret left in ssr.
+    in_profile = {(k, n) for k, n, ns in where if ns == PROFILE_NAMESPACE}
+    assert in_profile == {("Secret", n) for n in PIPELINE_SECRETS} | {
+        (k, "ssr-pipeline-runner") for k in PIPELINE_OBJECTS
+    }
+
+
+def test_profile_namespace_is_not_relabelled(profile: list[dict[str, Any]]) -> None:
+    """Kubeflow owns the profile namespace; KFP pods do not meet Pod Security restricted."""
+    namespaces = {o["metadata"]["name"]: o for o in by_kind(profile, "Namespace")}
+    assert set(namespaces) == {SERVER_NAMESPACE}
+    labels = namespaces[SERVER_NAMESPACE]["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    for obj in profile:
+        if obj["metadata"].get("namespace") == PROFILE_NAMESPACE:
+            assert not any(
+                k.startswith("pod-security.kubernetes.io/")
+                for k in obj["metadata"].get("labels", {})
+            )
+
+
+def test_profile_pipeline_pods_reach_mlflow(profile: list[dict[str, Any]]) -> None:
+    policies = _mlflow_policies(profile)
+    assert all(p["metadata"]["namespace"] == SERVER_NAMESPACE for p in policies)
+    admitting = [
+        p for p in policies if _admits(p, PROFILE_NAMESPACE, "pipelines.kubeflow.org/v2_component")
+    ]
+    assert admitting, "no policy admits the profile namespace's KFP pods to MLflow"
+    for policy in admitting:
+        ports = [port for rule in policy["spec"]["ingress"] for port in rule.get("ports", [])]
+        assert ports == [{"protocol": "TCP", "port": 5000}]
+    assert any(_admits(p, PROFILE_NAMESPACE, "ssr.io/role", "pipeline") for p in policies)
+    assert "PROFILE_NAMESPACE" not in yaml.safe_dump_all(profile)
+    # The pipeline's tracking URI names the server's namespace (the pods run elsewhere).
+    mlflow = next(
+        s for s in by_kind(profile, "Secret") if s["metadata"]["name"] == "ssr-mlflow-credentials"
+    )
+    assert ".ssr.svc" in _decoded(mlflow)["MLFLOW_TRACKING_URI"]
+
+
+@needs_kubectl
+def test_profile_namespace_is_set_in_one_place(tmp_path: Path) -> None:
+    """Changing `namespace:` in profile/pipeline/kustomization.yaml moves the pipeline's side and
+    the network policy along."""
+    objs = render(
+        "profile",
+        tmp_path,
+        edit={
+            "overlays/profile/pipeline/kustomization.yaml": (
+                f"namespace: {PROFILE_NAMESPACE}",
+                "namespace: team-emg",
+            )
+        },
+    )
+    moved = {
+        (o["kind"], o["metadata"]["name"])
+        for o in objs
+        if o["metadata"].get("namespace") == "team-emg"
+    }
+    assert {("Secret", n) for n in PIPELINE_SECRETS} <= moved
+    assert ("ServiceAccount", "ssr-pipeline-runner") in moved
+    assert any(
+        _admits(p, "team-emg", "pipelines.kubeflow.org/v2_component")
+        for p in _mlflow_policies(objs)
+    )
+    assert PROFILE_NAMESPACE not in yaml.safe_dump_all(objs)
+
+
+@needs_kubectl
+def test_make_k8s_render_renders_the_profile_overlay(tmp_path: Path) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make not on PATH")
+    out = subprocess.run(
+        ["make", "-s", "k8s-render", "K8S_OVERLAYS=profile", f"K8S_RENDER_DIR={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    objs = [d for d in yaml.safe_load_all((tmp_path / "profile.yaml").read_text()) if d]
+    assert ("Secret", "ssr-s3-credentials", PROFILE_NAMESPACE) in {
+        (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in objs
+    }
+
+
 def test_env_templates_hold_only_placeholders() -> None:
-    examples = sorted(K8S.glob("overlays/*/secrets/*.env.example"))
+    examples = sorted(K8S.glob("overlays/**/secrets/*.env.example"))
+    assert any("profile" in p.parts for p in examples)
     assert examples
     for path in examples:
         for line in path.read_text().splitlines():
@@ -265,9 +437,13 @@ def test_env_templates_hold_only_placeholders() -> None:
 def test_real_env_files_are_git_ignored(tmp_path: Path) -> None:
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
-    probe = "k8s/overlays/production/secrets/s3.env"
-    out = subprocess.run(["git", "check-ignore", "-q", probe], cwd=REPO, check=False)
-    assert out.returncode == 0, f"{probe} would be committed"
+    for probe in (
+        "k8s/overlays/production/secrets/s3.env",
+        "k8s/overlays/profile/pipeline/secrets/s3.env",
+        "k8s/overlays/profile/server/secrets/mlflow-server.env",
+    ):
+        out = subprocess.run(["git", "check-ignore", "-q", probe], cwd=REPO, check=False)
+        assert out.returncode == 0, f"{probe} would be committed"
 
 
 def test_dockerfile_passes_hadolint() -> None:
