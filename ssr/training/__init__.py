@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from ssr.config import Config
+from ssr.errors import CheckpointError
 from ssr.tracking.base import Tracker, open_tracker
 from ssr.tracking.context import data_fingerprint
 from ssr.training import distributed
@@ -21,6 +22,7 @@ __all__ = [
     "EarlyStopping",
     "TrainResult",
     "Trainer",
+    "check_resume_identity",
     "find_resume",
     "load_checkpoint",
     "resolve_resume",
@@ -36,15 +38,50 @@ def resolve_resume(cfg: Config, resume: str | None) -> tuple[dict[str, Any] | No
 
     ``auto`` -> the checkpoint that ``latest.json`` in ``training.checkpoint_dir`` names
     (verified against it), or a fresh start when there is none; a path or ``s3://`` URI ->
-    that checkpoint.
+    that checkpoint. Either way the checkpoint must match the data set and the run
+    (:func:`check_resume_identity`).
     """
     if resume is None:
         return None, None
     if resume == "auto":
         found = find_resume(cfg.training.checkpoint_dir, cfg.storage)
         log.info("--resume auto: %s", f"resuming from {found[1]}" if found else "starting fresh")
-        return found if found else (None, None)
-    return load_checkpoint(resume, cfg.storage), resume
+        if not found:
+            return None, None
+        state, source = found
+    else:
+        state, source = load_checkpoint(resume, cfg.storage), resume
+    check_resume_identity(cfg, state, source)
+    return state, source
+
+
+def check_resume_identity(cfg: Config, state: dict[str, Any], source: str) -> None:
+    """Refuse to continue a checkpoint of other data or of another run.
+
+    The data fingerprint of the checkpoint must equal the one in the manifest of
+    ``data.processed_dir`` (skipped when either is unknown, e.g. a remote data set). When
+    ``training.run_id`` is set (the pipeline sets it to its run id), the checkpoint must carry
+    the same ``training.run_id`` in its stored config.
+    """
+    stored = str(state.get("data_fingerprint") or "")
+    current = data_fingerprint(cfg.data.processed_dir)
+    if stored and current and stored != current:
+        raise CheckpointError(
+            f"{source}: trained on data with fingerprint {stored}, but "
+            f"{cfg.data.processed_dir} has fingerprint {current}; refusing to resume "
+            "(use another training.checkpoint_dir or start without --resume)"
+        )
+    run_id = cfg.training.run_id
+    if run_id is None:
+        return
+    config = state.get("config")
+    training = config.get("training") if isinstance(config, dict) else None
+    stored_run = training.get("run_id") if isinstance(training, dict) else None
+    if stored_run != run_id:
+        raise CheckpointError(
+            f"{source}: belongs to run {stored_run!r}, not to this run {run_id!r} "
+            "(training.run_id); refusing to resume another run's checkpoint"
+        )
 
 
 def run_training(
