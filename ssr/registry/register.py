@@ -12,6 +12,10 @@ One MLflow run (``register-<checkpoint>``, in the tracking experiment) receives:
 
 The new version gets the alias ``challenger`` and tags with its test metrics, data
 fingerprint, config, git commit, pipeline run id and links to the MLflow and W&B runs.
+
+With a pipeline run id, registering is idempotent: when a version of the model already carries
+that ``pipeline_run_id`` tag (the same run's earlier attempt), it is returned as is; nothing is
+logged or registered again and no alias moves.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from ssr.tracking.mlflow_backend import ensure_experiment
 
 log = logging.getLogger(__name__)
 
+RUN_ID_TAG = "pipeline_run_id"
 TAG_VALUE_LIMIT = 5000  # MLflow's limit on a model version tag value
 EXAMPLE_ROWS = 2
 # The pyfunc is logged as code (no pickled Python object): loading runs these lines.
@@ -65,6 +70,7 @@ class ModelVersionInfo:
     model_uri: str
     aliases: list[str] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+    existing: bool = False  # registered earlier by the same pipeline run, returned unchanged
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -147,6 +153,34 @@ def pip_requirements() -> list[str]:
     ]
 
 
+def find_run_version(
+    client: MlflowClient, name: str, pipeline_run_id: str
+) -> ModelVersionInfo | None:
+    """The version of ``name`` that pipeline run ``pipeline_run_id`` registered (the oldest,
+    should there be several), or None."""
+    if "'" in pipeline_run_id or "'" in name:
+        raise RegistryError(f"{name!r} / {pipeline_run_id!r}: quotes are not allowed")
+    query = f"name = '{name}' and tags.{RUN_ID_TAG} = '{pipeline_run_id}'"
+    try:
+        found = client.search_model_versions(query)
+    except MlflowException as exc:
+        raise RegistryError(
+            f"{name}: cannot search versions of run {pipeline_run_id}: {exc}"
+        ) from None
+    if not found:
+        return None
+    mv = min(found, key=lambda v: int(v.version))
+    return ModelVersionInfo(
+        name,
+        str(mv.version),
+        str(mv.run_id),
+        f"models:/{name}/{mv.version}",
+        list(mv.aliases or []),
+        dict(mv.tags or {}),
+        existing=True,
+    )
+
+
 def register_model(
     cfg: Config,
     checkpoint: str,
@@ -159,12 +193,23 @@ def register_model(
     """Log the checkpoint as pyfunc + PyTorch models, register the pyfunc, alias it ``challenger``.
 
     ``cfg.data.processed_dir`` must be the data set the checkpoint was evaluated on (its
-    manifest and fingerprint are shipped with the model).
+    manifest and fingerprint are shipped with the model). With ``pipeline_run_id``, a version
+    that run registered before is returned instead (``existing=True``), aliases untouched.
     """
     from safetensors.torch import save_file
 
     client = client or connect(cfg)
     name = model_name or cfg.registry.model_name
+    if pipeline_run_id:
+        earlier = find_run_version(client, name, pipeline_run_id)
+        if earlier is not None:
+            log.info(
+                "pipeline run %s already registered %s version %s; not registering again",
+                pipeline_run_id,
+                name,
+                earlier.version,
+            )
+            return earlier
     model, train_cfg, labels, run_ids = _checkpoint_parts(checkpoint)
     metrics, predictions = read_evaluation(eval_dir)
     split = ProcessedSplit(cfg.data.processed_dir, "test")
@@ -192,7 +237,7 @@ def register_model(
             json.dumps(train_cfg.model_dump(), sort_keys=True, separators=(",", ":"))
         ),
         "git_commit": git_commit(),
-        "pipeline_run_id": pipeline_run_id or "none",
+        RUN_ID_TAG: pipeline_run_id or "none",
         "checkpoint": os.path.basename(checkpoint),
         "labels": _truncate(json.dumps(labels)),
     }
