@@ -18,8 +18,12 @@ def register(
     min_accuracy: float = 0.5,
     margin: float = 0.0,
     p_value: float = 0.05,
+    baseline_margin: float = 0.0,
 ) -> str:
-    """Same as ``ssr register`` (challenger alias, gate, champion); returns the version."""
+    """Same as ``ssr register`` (challenger alias, gate, champion); returns the version.
+
+    Idempotent per ``pipeline_run_id``: a retried or re-run step finds the version this run
+    registered and moves no alias again."""
     from ssr.steps import register_step
 
     result = register_step(
@@ -33,5 +37,6 @@ def register(
         min_accuracy,
         margin,
         p_value,
+        baseline_margin=baseline_margin,
     )
     return str(result["version"])

@@ -10,14 +10,19 @@ from components.image import SSR_IMAGE
 def train(
     processed: Input[Dataset],
     model: Output[Model],
-    checkpoint_dir: str,
+    checkpoint_root: str,
+    run_id: str,
     config_yaml: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameter default
     epochs: int = 30,
 ) -> float:
-    """Same as ``ssr train --resume auto``; returns the best validation loss."""
+    """Same as ``ssr train --resume auto`` in ``<checkpoint_root>/<run_id>``; returns the best
+    validation loss. ``run_id`` must be exactly ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``: the KFP
+    driver substitutes the placeholder only in a parameter that is nothing else."""
     from ssr.steps import train_step
 
-    result = train_step(processed.path, model.path, checkpoint_dir, config_yaml, overrides, epochs)
+    result = train_step(
+        processed.path, model.path, checkpoint_root, run_id, config_yaml, overrides, epochs
+    )
     model.metadata.update(result)
     return float(result["best_val_loss"])

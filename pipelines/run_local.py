@@ -59,8 +59,8 @@ def run_local(
         + [f"training.output_dir={workdir / 'outputs'}"],
         "synth_args": list(synth_args or []),
         "epochs": epochs,
-        "checkpoint_root": str(workdir / "checkpoints"),
-        "gpu_count": 0,
+        "checkpoint_root": str(workdir / "checkpoints"),  # the step adds /<run id>
+        "gpu_count": "0",  # a string parameter (see pipelines.training_pipeline)
         "min_accuracy": min_accuracy,
         "model_name": model_name,
     }

@@ -105,37 +105,83 @@ def _data_overrides(artifact_dir: str) -> list[str]:
     return [f"data.processed_dir={root / PROCESSED}", f"data.test_dir={root / RAW / 'test'}"]
 
 
+RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"  # dsl.PIPELINE_JOB_ID_PLACEHOLDER
+WRITE_PROBE = ".ssr-write-probe"
+
+
+def checkpoint_dir_for(checkpoint_root: str, run_id: str) -> str:
+    """``<checkpoint_root>/<run_id>``: each pipeline run trains in its own folder.
+
+    The run id comes in as its own parameter (KFP substitutes the job-id placeholder only in a
+    parameter that is exactly the placeholder), so an unsubstituted or empty one is an error
+    here rather than a folder that every run would share.
+    """
+    from ssr.storage import join
+
+    run_id = run_id.strip()
+    if not run_id or "{{" in run_id or "/" in run_id:
+        raise StepError(
+            f"run id {run_id!r} is not a pipeline run id: pass dsl.PIPELINE_JOB_ID_PLACEHOLDER "
+            "alone as the train step's run_id so that KFP substitutes it"
+        )
+    if not checkpoint_root.strip():
+        raise StepError("checkpoint_root is empty: give an s3:// prefix or a folder")
+    return join(checkpoint_root.rstrip("/"), run_id)
+
+
+def check_writable(checkpoint_dir: str, storage: Any = None) -> None:
+    """Write and delete a small object in ``checkpoint_dir``: a missing bucket or a key that
+    may not write there fails here, in seconds, with one message, not after the first epoch."""
+    from ssr.storage import delete, join, write_bytes
+
+    probe = join(checkpoint_dir, WRITE_PROBE)
+    try:
+        write_bytes(probe, b"ssr checkpoint write probe\n", storage)
+        delete(probe, storage)
+    except (SSRError, OSError) as exc:
+        raise StepError(
+            f"cannot write checkpoints to {checkpoint_dir}: {exc}. Set checkpoint_root to a "
+            "prefix the step's S3 credentials may write, e.g. s3://mlpipeline/shared/"
+            "ssr-checkpoints (KFP's artifact bucket), or create the bucket first"
+        ) from None
+
+
 def train_step(
     artifact_dir: str,
     model_path: str,
-    checkpoint_dir: str,
+    checkpoint_root: str,
+    run_id: str,
     config_yaml: str,
     overrides: Sequence[str],
     epochs: int,
 ) -> dict[str, Any]:
-    """``ssr train --resume auto`` (a retried step continues), then export ``best_model.pth``."""
+    """``ssr train --resume auto`` in ``<checkpoint_root>/<run_id>`` (a retried step continues
+    there; a checkpoint of another run or data set is refused), then export ``best_model.pth``."""
+    from ssr.config import load_config
     from ssr.storage import download_to, join
     from ssr.training.checkpoint import BEST, load_checkpoint
 
+    checkpoint_dir = checkpoint_dir_for(checkpoint_root, run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        run_cli(
-            [
-                "train",
-                *config_args(config_yaml, tmp),
-                *overrides,
-                *_data_overrides(artifact_dir),
-                f"training.checkpoint_dir={checkpoint_dir}",
-                f"training.num_epochs={epochs}",
-                "--resume",
-                "auto",
-            ]
-        )
-    download_to(join(checkpoint_dir, BEST), model_path)
+        cfg_args = config_args(config_yaml, tmp)
+        args = [
+            *overrides,
+            *_data_overrides(artifact_dir),
+            f"training.checkpoint_dir={checkpoint_dir}",
+            # Quoted: an override value is read as YAML, and an id of digits would be a number.
+            f"training.run_id={json.dumps(run_id.strip())}",
+            f"training.num_epochs={epochs}",
+        ]
+        storage = load_config(cfg_args[1] if cfg_args else None, args).storage
+        check_writable(checkpoint_dir, storage)
+        run_cli(["train", *cfg_args, *args, "--resume", "auto"])
+    download_to(join(checkpoint_dir, BEST), model_path, storage)
     state = load_checkpoint(model_path)
     return {
         "best_val_loss": float(state.get("best_val_loss", float("nan"))),
         "epoch": int(state.get("epoch", 0)),
         "checkpoint_dir": checkpoint_dir,
+        "run_id": run_id.strip(),
     }
 
 
@@ -185,27 +231,60 @@ def register_step(
     min_accuracy: float,
     margin: float,
     p_value: float,
+    baseline_margin: float = 0.0,
 ) -> dict[str, Any]:
-    """``ssr register`` then ``ssr promote --version V``: challenger, gate, maybe champion."""
+    """``ssr register`` then ``ssr promote --version V``: challenger, gate, maybe champion.
+
+    Idempotent per pipeline run: when ``pipeline_run_id`` already registered a version (a
+    retried task, a re-run), that version is reused and no alias moves; the gate runs again
+    only if it never finished for that version (its ``pipeline.gate_action`` tag is unset).
+    """
     from ssr.config import load_config
-    from ssr.registry.promote import promote
+    from ssr.registry.promote import CHAMPION, alias_version, promote
     from ssr.registry.register import connect, register_model
 
+    if not pipeline_run_id.strip() or "{{" in pipeline_run_id:
+        raise StepError(f"pipeline_run_id {pipeline_run_id!r} is not a pipeline run id")
     gate = [
         f"registry.model_name={model_name}",
         f"registry.min_accuracy={min_accuracy}",
         f"registry.margin={margin}",
         f"registry.p_value={p_value}",
+        f"registry.baseline_margin={baseline_margin}",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         args = config_args(config_yaml, tmp)
         cfg = load_config(
             args[1] if args else None, [*overrides, *_data_overrides(artifact_dir), *gate]
         )
+    client = connect(cfg)
     info = register_model(
-        cfg, model_path, report_dir, pipeline_run_id=pipeline_run_id, model_name=model_name
+        cfg,
+        model_path,
+        report_dir,
+        pipeline_run_id=pipeline_run_id,
+        model_name=model_name,
+        client=client,
     )
-    result = promote(cfg, client=connect(cfg), model_name=model_name, version=info.version)
+    done = info.tags.get(GATE_TAG) if info.existing else None
+    if done:
+        champion = alias_version(client, model_name, CHAMPION)
+        log.info(
+            "pipeline run %s already registered %s version %s (gate: %s); nothing moved",
+            pipeline_run_id,
+            model_name,
+            info.version,
+            done,
+        )
+        return {
+            "version": info.version,
+            "action": done,
+            "champion": champion,
+            "model_uri": info.model_uri,
+            "existing": True,
+        }
+    result = promote(cfg, client=client, model_name=model_name, version=info.version)
+    client.set_model_version_tag(model_name, info.version, GATE_TAG, result.action)
     log.info(
         "registered %s version %s: %s (champion %s -> %s)",
         model_name,
@@ -219,4 +298,5 @@ def register_step(
         "action": result.action,
         "champion": result.champion_after,
         "model_uri": info.model_uri,
+        "existing": info.existing,
     }
