@@ -166,11 +166,12 @@ class RegistryConfig(_Section):
     min_accuracy: float = Field(0.5, ge=0, le=1)
     margin: float = Field(0.0, ge=0, le=1)
     p_value: float = Field(0.05, gt=0, le=1)
-    baseline_margin: float = Field(
+    baseline_margin: float | None = Field(
         0.0,
         ge=0,
         le=1,
-        description="required test-accuracy gain over the strong linear baseline (ssr.baseline)",
+        description="required test-accuracy gain over the strong linear baseline (ssr.baseline); "
+        "null skips the baseline check",
     )
     log_pytorch_model: bool = Field(
         True, description="also log the network in MLflow's PyTorch flavour (torch.export pt2)"

@@ -269,6 +269,7 @@ def test_concurrent_promotions_stay_consistent(
         f"registry.model_name={name}",
         "registry.min_accuracy=0.0",
         "registry.p_value=1.0",
+        "registry.baseline_margin=null",  # the untrained base could not beat the baseline
     )
     promote(cfg, client=registry, version=base)
 
@@ -373,3 +374,20 @@ def test_cli_promote_and_predict(
     assert main(["predict", "--model", f"models:/{name}@champion", str(tmp_path / "nope.npz")]) == 2
     assert "nope.npz" in capsys.readouterr().err
     assert main(["promote", "--rollback", *overrides]) == 2
+
+
+def test_gate_refuses_a_challenger_worse_than_the_linear_baseline(
+    world: dict, registered: dict, registry: MlflowClient
+) -> None:
+    name, (bad,) = _new_model(registry, registered, "bad")
+    metrics = json.loads((Path(world["bad"][1]) / "metrics.json").read_text())
+    assert metrics["accuracy"] < metrics["baseline"]["accuracy"]  # untrained vs fitted baseline
+    cfg = _config(world["root"], f"registry.model_name={name}", "registry.min_accuracy=0.0")
+    result = promote(cfg, client=registry, version=bad)
+    assert result.action == "reject" and alias_version(registry, name, CHAMPION) is None
+    assert "linear baseline" in result.decision.reason
+    tags = registry.get_model_version(name, bad).tags
+    assert tags["gate.decision"] == "reject"
+    assert float(tags["gate.baseline_accuracy"]) == pytest.approx(
+        metrics["baseline"]["accuracy"], abs=1e-5
+    )

@@ -273,15 +273,17 @@ def gate_versions(
             f"models:/{name}/{champion}", data.processed_dir, data.test_dir
         )
     reg = cfg.registry
-    baseline = score_baseline(str(data.processed_dir), "test")
+    baseline = None
+    if reg.baseline_margin is not None:
+        baseline = score_baseline(str(data.processed_dir), "test").accuracy
     return decide(
         np.asarray(cand_correct, bool),
         None if champ_correct is None else np.asarray(champ_correct, bool),
         min_accuracy=reg.min_accuracy,
         margin=reg.margin,
         p_value=reg.p_value,
-        baseline_accuracy=baseline.accuracy,
-        baseline_margin=reg.baseline_margin,
+        baseline_accuracy=baseline,
+        baseline_margin=reg.baseline_margin or 0.0,
     )
 
 
