@@ -75,12 +75,12 @@ def run_pipeline(workdir: Path, epochs: int, synth: list[str]) -> tuple[float, d
 
 def run_direct(workdir: Path, epochs: int, synth: list[str]) -> dict[str, float]:
     """The pipeline's work as ``ssr`` commands in sequence; seconds per pipeline step."""
-    from pipelines.run_local import LOCAL_OVERRIDES
+    from pipelines.run_local import LOCAL_CONFIG
 
     workdir.mkdir(parents=True, exist_ok=True)
     raw, processed = workdir / "raw", workdir / "processed"
     ckpt, report = workdir / "checkpoints", workdir / "report"
-    common = [*LOCAL_OVERRIDES, f"training.output_dir={workdir / 'outputs'}",
+    common = ["--config", str(LOCAL_CONFIG), f"training.output_dir={workdir / 'outputs'}",
               f"data.processed_dir={processed}",
               *(f"data.{s}_dir={raw / s}" for s in ("train", "val", "test"))]  # fmt: skip
     plan = {
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.workdir or tmp)
         direct = run_direct(work / "direct", epochs, synth)
         wall, spans = run_pipeline(work / "pipeline", epochs, synth)
-    print(f"run: small model (pipelines/run_local.py LOCAL_OVERRIDES), {epochs} epoch(s), "
+    print(f"run: configs/small.yaml, {epochs} epoch(s), "
           f"synthetic data {' '.join(synth) or '(defaults)'}; each ssr command and each kfp.local "
           "step is a fresh Python process")  # fmt: skip
     rows = []

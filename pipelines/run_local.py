@@ -1,7 +1,8 @@
 """Run the whole training pipeline on this machine through ``kfp.local`` (``make run-local``).
 
 Defaults need no cluster, account or server: synthetic EMG, MLflow on a local SQLite store,
-W&B offline, checkpoints on local disk. Everything lands under ``--workdir``.
+W&B offline, checkpoints on local disk, and the CPU-sized preset ``configs/small.yaml``.
+Everything lands under ``--workdir``.
 """
 
 from __future__ import annotations
@@ -14,15 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[1]
 # Small enough to finish in minutes on a laptop CPU, big enough to learn the synthetic task.
-LOCAL_OVERRIDES = [
-    "model.hidden_size=64",
-    "model.num_layers=2",
-    "model.num_heads=4",
-    "training.batch_size=32",
-    "training.num_workers=0",
-    "training.patience=5",
-]
+LOCAL_CONFIG = REPO / "configs" / "small.yaml"
 
 
 def _prepare_env(workdir: Path) -> None:
@@ -38,16 +33,24 @@ def _prepare_env(workdir: Path) -> None:
 
 def run_local(
     workdir: str | Path = "local_outputs",
-    epochs: int = 15,
+    epochs: int | None = None,
     synth_args: list[str] | None = None,
     overrides: list[str] | None = None,
     data_uri: str = "",
     pipeline_yaml: str | Path | None = None,
     min_accuracy: float = 0.5,
     model_name: str = "ssr-emg",
+    config: str | Path = LOCAL_CONFIG,
 ) -> dict[str, Any]:
-    """Run the pipeline locally; returns where its results are."""
+    """Run the pipeline locally on ``config`` (plus ``overrides``); returns where its results
+    are. ``epochs`` defaults to the config's ``training.num_epochs``."""
     from kfp import local
+
+    from ssr.config import load_config
+
+    config_yaml = Path(config).read_text()
+    if epochs is None:
+        epochs = load_config(config, overrides).training.num_epochs
 
     workdir = Path(workdir).resolve()
     _prepare_env(workdir)
@@ -55,8 +58,8 @@ def run_local(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     arguments: dict[str, Any] = {
         "data_uri": data_uri,
-        "overrides": list(LOCAL_OVERRIDES if overrides is None else overrides)
-        + [f"training.output_dir={workdir / 'outputs'}"],
+        "config_yaml": config_yaml,
+        "overrides": [*(overrides or []), f"training.output_dir={workdir / 'outputs'}"],
         "synth_args": list(synth_args or []),
         "epochs": epochs,
         "checkpoint_root": str(workdir / "checkpoints"),  # the step adds /<run id>
@@ -115,7 +118,12 @@ def summarize(root: Path, elapsed: float, model_name: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="local_outputs")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument(
+        "--config", default=str(LOCAL_CONFIG), help="config file (default configs/small.yaml)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="default: the config's training.num_epochs"
+    )
     parser.add_argument("--data-uri", default="", help="raw data; empty: synthetic")
     parser.add_argument("--pipeline-yaml", default=None, help="run the compiled YAML instead")
     parser.add_argument(
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=None,
         dest="overrides",
-        help="config override section.key=value (replaces the local defaults)",
+        help="config override section.key=value, applied on top of --config",
     )
     parser.add_argument("--min-accuracy", type=float, default=0.5)
     args = parser.parse_args(argv)
@@ -142,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data_uri,
         args.pipeline_yaml,
         args.min_accuracy,
+        config=args.config,
     )
     print("\n=== ssr local pipeline run ===")
     print(json.dumps(summary, indent=2))
