@@ -92,6 +92,7 @@ def test_small_preset_is_complete_and_only_resizes() -> None:
     small, seed = load_config(small_path).flat(), load_config(YAML).flat()
     changed = {k for k in seed if small[k] != seed[k]}
     assert changed == {
+        "model.dropout",
         "model.hidden_size",
         "model.num_heads",
         "model.num_layers",
