@@ -130,3 +130,29 @@ def test_cli_synth_prints_splits_and_next_command(
     assert "ok: 3 labels" in capsys.readouterr().out
     assert main(["data", "synth", "--out", str(out), "--sessions", "2"]) == 2
     assert "held-out" in capsys.readouterr().err
+
+
+def test_part_of_the_vocabulary_is_reordered_gestures(tmp_path: Path) -> None:
+    from ssr.data.synth import _make_world
+
+    words = _make_world(SynthOptions(vocab=10, permuted=0.4)).words
+    seqs = list(words.values())
+    assert len({tuple(s) for s in seqs}) == 10  # every word distinct
+    reordered = [
+        w for i, (w, s) in enumerate(words.items())
+        if any(sorted(s) == sorted(t) and s != t for t in seqs[:i])
+    ]  # fmt: skip
+    assert len(reordered) >= 3  # 4 asked for; a palindrome cannot be reversed
+    with pytest.raises(ConfigError, match="permuted"):
+        SynthOptions(permuted=1.5).validate()
+
+
+def test_test_sessions_option_splits_held_out_sessions() -> None:
+    from ssr.data.synth import _split_sessions
+
+    default = _split_sessions(SynthOptions())
+    assert default == {"train": [0, 1, 2, 3, 4], "val": [5], "test": [6, 7]}
+    four = _split_sessions(SynthOptions(sessions=12, train_sessions=6, test_sessions=4))
+    assert four == {"train": list(range(6)), "val": [6, 7], "test": [8, 9, 10, 11]}
+    with pytest.raises(ConfigError, match="validation"):
+        SynthOptions(sessions=6, train_sessions=3, test_sessions=3).validate()
