@@ -21,6 +21,7 @@ $(BIN)/ssr: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -c constraints.txt torch==2.13.0
+	$(BIN)/pip uninstall -q -y ssr  # this project's old distribution name, if installed
 	$(BIN)/pip install -c constraints.txt -e ".[dev]"
 	@touch $@
 
@@ -38,7 +39,7 @@ format: setup ## apply ruff fixes and formatting
 	$(BIN)/ruff format ssr components pipelines tests benchmarks
 
 lock: setup ## re-pin constraints.txt from the current venv
-	$(BIN)/pip freeze --exclude-editable | grep -v '^ssr' | sed 's/^torch==.*/torch==2.13.0/' > constraints.txt
+	$(BIN)/pip freeze --exclude-editable | grep -viE '^ssr-emg( |==|@)' | sed 's/^torch==.*/torch==2.13.0/' > constraints.txt
 
 clean: ## remove build output, caches and local run outputs (not data you made)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

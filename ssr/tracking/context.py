@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ssr.config import Config
 
-PACKAGES = ("ssr", "torch", "numpy", "mlflow", "wandb")
+# tag name -> distribution (this project's distribution is ssr-emg; its import package ssr)
+PACKAGES = {
+    "ssr": "ssr-emg",
+    "torch": "torch",
+    "numpy": "numpy",
+    "mlflow": "mlflow",
+    "wandb": "wandb",
+}
 GIT_COMMIT_ENV = "SSR_GIT_COMMIT"
 
 
@@ -54,9 +61,9 @@ def git_dirty() -> str:
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages that decide a run's result."""
     versions = {}
-    for name in PACKAGES:
+    for name, dist in PACKAGES.items():
         try:
-            versions[name] = importlib.metadata.version(name)
+            versions[name] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
