@@ -105,8 +105,10 @@ def test_training_then_resume_log_one_continuous_run(processed, mlflow_server, t
     assert ev.data.tags["job"] == "evaluate" and ev.info.status == "FINISHED"
     assert ev.data.tags["data.fingerprint"] == fingerprint
     assert ev.info.run_name.startswith(f"evaluate-h16-l1-{fingerprint[:8]}-")
-    accuracy = json.loads((tmp_path / "ev" / "metrics.json").read_text())["accuracy"]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    accuracy, baseline = metrics["accuracy"], metrics["baseline"]["accuracy"]
     assert ev.data.metrics["test/accuracy"] == pytest.approx(accuracy)
+    assert ev.data.metrics["test/baseline_accuracy"] == pytest.approx(baseline)
     ev_files = [
         a.path for a in client.list_artifacts(ev.info.run_id, "plots/test/confusion_matrix")
     ]
@@ -114,9 +116,11 @@ def test_training_then_resume_log_one_continuous_run(processed, mlflow_server, t
     assert {a.path for a in client.list_artifacts(ev.info.run_id, "evaluation")} == {
         "evaluation/metrics.json",
         "evaluation/predictions.json",
+        "evaluation/report.html",
     }
     (wb_ev,) = [r for r in offline_runs(tmp_path) if r.config.get("tags.job") == "evaluate"]
     assert wb_ev.series("test/accuracy", "epoch") == [(0, pytest.approx(accuracy))]
+    assert wb_ev.series("test/baseline_accuracy", "epoch") == [(0, pytest.approx(baseline))]
     assert len(wb_ev.series("test/confusion_matrix_table/_type", "epoch")) == 1
 
 

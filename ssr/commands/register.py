@@ -21,7 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--eval-dir", required=True, help="output of `ssr evaluate --split test` (or s3:// URI)"
     )
-    parser.add_argument("--pipeline-run-id", default=None, help="recorded as a version tag")
+    parser.add_argument(
+        "--pipeline-run-id",
+        default=None,
+        help="recorded as a version tag; registering again with the same id returns the "
+        "version already registered for it (a retried pipeline step adds no duplicate)",
+    )
     parser.add_argument("--model-name", default=None, help="default: registry.model_name")
     parser.set_defaults(func=run)
 
