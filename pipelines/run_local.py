@@ -100,9 +100,15 @@ def summarize(root: Path, elapsed: float, model_name: str) -> dict[str, Any]:
     metrics = report / "metrics.json"
     if metrics.is_file():
         summary["metrics"] = str(metrics)
-        values = json.loads(metrics.read_text())
+        from ssr.evaluation import read_metrics
+
+        values = read_metrics(metrics)
         summary["test_accuracy"] = round(float(values["accuracy"]), 4)
         summary["test_macro_f1"] = round(float(values["macro_f1"]), 4)
+        if "baseline" in values:
+            summary["baseline_test_accuracy"] = round(float(values["baseline"]["accuracy"]), 4)
+            summary["baseline_test_macro_f1"] = round(float(values["baseline"]["macro_f1"]), 4)
+        summary["report"] = str(run_dir / "evaluate" / "summary")  # report.html for the KFP UI
         summary["plots"] = sorted(str(p) for p in report.glob("*.png"))
     training_plots = root.parent / "outputs"
     for kind in ("confusion_matrix", "predictions"):  # the last epoch's validation plots

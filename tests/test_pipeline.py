@@ -298,6 +298,10 @@ def test_local_run_from_python_registers_a_version(tracking_env, tmp_path):
         assert client.get_model_version_by_alias(name, "champion").version == versions[0].version
     metrics = json.loads(Path(summary["metrics"]).read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and summary["plots"]
+    # the evaluate step reports the linear baseline beside the model, in HTML for the KFP UI
+    assert summary["baseline_test_accuracy"] == round(metrics["baseline"]["accuracy"], 4)
+    report = Path(summary["report"]).read_text()
+    assert "baseline" in report and "data:image/png;base64," in report
 
 
 def test_local_run_from_compiled_yaml(compiled, tracking_env, tmp_path):
