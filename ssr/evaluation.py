@@ -5,6 +5,7 @@ The metrics themselves live in :mod:`ssr.metrics`; they are re-exported here for
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -223,6 +224,50 @@ def evaluate(
         else "",
     )
     return result
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read an ``ssr evaluate`` ``metrics.json``; DataError naming the file and field if it is
+    not an object with numeric ``accuracy``, ``macro_f1`` and ``loss``, a ``labels`` list of
+    strings and a square integer ``confusion_matrix`` (and, if present, a numeric baseline)."""
+    path = Path(path)
+    try:
+        metrics = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: must be a JSON object, got {type(metrics).__name__}")
+    for key in ("accuracy", "macro_f1", "loss"):
+        if not _number(metrics.get(key)):
+            raise DataError(f"{path}: {key!r} must be a number, got {metrics.get(key)!r}")
+    labels = metrics.get("labels")
+    if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
+        raise DataError(f"{path}: 'labels' must be a list of strings")
+    cm = metrics.get("confusion_matrix")
+    if not (
+        isinstance(cm, list)
+        and len(cm) == len(labels)
+        and all(
+            isinstance(row, list)
+            and len(row) == len(labels)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in row)
+            for row in cm
+        )
+    ):
+        raise DataError(f"{path}: 'confusion_matrix' must be a square list of integer rows")
+    baseline = metrics.get("baseline")
+    if baseline is not None and not (
+        isinstance(baseline, dict)
+        and all(_number(baseline.get(k)) for k in ("accuracy", "macro_f1"))
+    ):
+        raise DataError(f"{path}: 'baseline' must be an object with numeric accuracy and macro_f1")
+    return metrics
 
 
 def default_out_dir(output_dir: str, split: str) -> str:

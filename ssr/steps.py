@@ -204,7 +204,9 @@ def evaluate_step(
                 report_dir,
             ]
         )
-    metrics = json.loads((Path(report_dir) / "metrics.json").read_text())
+    from ssr.evaluation import read_metrics
+
+    metrics = read_metrics(Path(report_dir) / "metrics.json")
     scalars = {k: float(metrics[k]) for k in ("accuracy", "macro_f1", "loss")}
     for key, value in (metrics.get("baseline") or {}).items():
         if key in ("accuracy", "macro_f1"):

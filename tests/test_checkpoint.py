@@ -75,3 +75,54 @@ def test_code_in_checkpoint_is_refused_and_not_run(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="evil.pth: refused.*unsafe unpickling"):
         load_checkpoint(str(path))
     assert not marker.exists()
+
+
+def _training_state(**changes: object) -> dict:
+    from ssr.config import Config, ModelConfig
+    from ssr.model import build_model
+
+    cfg = Config(
+        model=ModelConfig(input_size=8, hidden_size=16, num_layers=1, num_heads=2, max_frames=64)
+    )
+    state = {
+        "model": build_model(cfg.model, 3).state_dict(),
+        "config": cfg.model_dump(),
+        "labels": ["a", "b", "c"],
+    }
+    state.update(changes)
+    return state
+
+
+def _bigger_weights() -> dict:
+    from ssr.config import ModelConfig
+    from ssr.model import build_model
+
+    model = ModelConfig(input_size=8, hidden_size=32, num_layers=3, num_heads=2, max_frames=64)
+    return build_model(model, 3).state_dict()
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"model": [1, 2, 3]}, "'model' is not a state dict"),
+        ({"model": {"w": "text"}}, "'model' is not a state dict"),
+        ({"labels": "abc"}, "'labels' must be a non-empty list of strings, got str"),
+        ({"labels": [1, 2, 3]}, "'labels' must be a non-empty list of strings"),
+        ({"labels": ["a", "a", "b"]}, "'labels' holds duplicates"),
+        ({"config": "model: x"}, "'config' is not a mapping"),
+        ({"config": {"training": {"batch_size": True}}}, "training.batch_size"),
+        (
+            {"labels": ["a", "b"]},
+            r"2 shape mismatch\(es\) \(checkpoint vs model: classifier.bias \[3\] vs \[2\]",
+        ),
+        ({"model": _bigger_weights()}, r"unexpected key\(s\) \(.*\.\.\. \(\+\d+\)\)"),
+    ],
+)
+def test_bad_training_checkpoint_is_one_line(tmp_path: Path, changes: dict, problem: str) -> None:
+    from ssr.training.checkpoint import restore_model
+
+    path = save_checkpoint(_training_state(**changes), str(tmp_path), "c.pth")
+    with pytest.raises(CheckpointError, match=problem) as info:
+        restore_model(load_checkpoint(path), path)
+    message = str(info.value)
+    assert message.startswith(path) and "\n" not in message and len(message) < 700, message

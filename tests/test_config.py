@@ -107,3 +107,35 @@ def test_augment_keys_are_validated() -> None:
     with pytest.raises(ConfigError, match="training.augment.bogus: unknown key"):
         load_config(None, ["training.augment.bogus=1"])
     assert load_config(None, ["training.augment.enabled=false"]).training.augment.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (b"", "empty config file"),
+        (b"# only a comment\n", "empty config file"),
+        (b"training:\n  batch_size: 4\ntraining:\n  num_epochs: 2\n", "duplicate key 'training'"),
+        (b"training:\n  batch_size: 4\n  batch_size: 8\n", "duplicate key 'batch_size'"),
+        (b"training:\n  run_id: caf\xe9\n", "not UTF-8 text"),
+        (
+            b"training:\n  batch_size: true\n",
+            "training.batch_size: Input should be a valid integer",
+        ),
+        (b"training:\n  batch_size: '8'\n", "training.batch_size: Input should be a valid integer"),
+        (b"training:\n  learning_rate: .nan\n", "training.learning_rate: Input should be a finite"),
+        (b"training:\n  compile: 1\n", "training.compile: Input should be a valid boolean"),
+    ],
+)
+def test_config_file_problems_are_refused(tmp_path: Path, text: bytes, problem: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError, match=problem) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_strict_types_keep_exact_numbers() -> None:
+    cfg = load_config(None, ["training.learning_rate=1e-3", "training.weight_decay=0"])
+    assert cfg.training.learning_rate == 0.001 and isinstance(cfg.training.learning_rate, float)
+    with pytest.raises(ConfigError, match="training.batch_size"):
+        load_config(None, ["training.batch_size=true"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -16,7 +18,14 @@ from wandb_offline import offline_runs
 from ssr.cli import main
 from ssr.config import Config, ModelConfig
 from ssr.errors import CheckpointError, DataError
-from ssr.evaluation import accuracy, confusion_matrix, evaluate, macro_f1, per_class_metrics
+from ssr.evaluation import (
+    accuracy,
+    confusion_matrix,
+    evaluate,
+    macro_f1,
+    per_class_metrics,
+    read_metrics,
+)
 from ssr.model import build_model
 from ssr.storage import publish
 from ssr.training.checkpoint import save_checkpoint
@@ -151,3 +160,70 @@ def test_not_a_training_checkpoint(tmp_path: Path, processed: Path) -> None:
     path = save_checkpoint({"weights": torch.zeros(1)}, str(tmp_path), "x.pth")
     with pytest.raises(CheckpointError, match="x.pth: not an ssr training checkpoint"):
         evaluate(path, "test", str(processed), str(tmp_path / "out"), device="cpu")
+
+
+def _broken_copy(processed: Path, tmp_path: Path, how: str) -> Path:
+    root = tmp_path / "broken"
+    shutil.copytree(processed, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    if how == "no labels":
+        del manifest["labels"]
+    elif how == "splits not an object":
+        manifest["splits"] = ["train"]
+    elif how == "manifest a list":
+        manifest = [manifest]
+    elif how == "index past the end":
+        index = np.load(root / "test_index.npy")
+        index[-1, 0] += 1000
+        np.save(root / "test_index.npy", index)
+    elif how == "label id out of range":
+        index = np.load(root / "test_index.npy")
+        index[0, 2] = 99
+        np.save(root / "test_index.npy", index)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("how", "problem"),
+    [
+        ("no labels", "manifest.json: 'labels' must be a non-empty list"),
+        ("splits not an object", "manifest.json: 'splits' must be a non-empty object"),
+        ("manifest a list", "manifest.json: must be a JSON object"),
+        ("index past the end", r"test_index.npy: utterance \d+ .* outside the \d+ frames"),
+        ("label id out of range", "test_index.npy: label id 99 outside the 4 labels"),
+    ],
+)
+def test_broken_processed_data_exits_2(
+    processed: Path, checkpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    how: str, problem: str,
+) -> None:  # fmt: skip
+    root = _broken_copy(processed, tmp_path, how)
+    args = ["evaluate", "--checkpoint", checkpoint, "--out", str(tmp_path / "out")]
+    args += [f"data.processed_dir={root}", "training.device=cpu"]
+    args += ["tracking.mlflow.enabled=false", "tracking.wandb.enabled=false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(problem, err) and str(root) in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("[1, 2]", "must be a JSON object, got list"),
+        ('{"accuracy": "high"}', "'accuracy' must be a number, got 'high'"),
+        ("{nope", "not valid JSON"),
+        (
+            '{"accuracy": 1, "macro_f1": 1, "loss": 0, "labels": ["a"], '
+            '"confusion_matrix": [[1, 2]]}',
+            "'confusion_matrix' must be a square",
+        ),
+    ],
+)
+def test_bad_metrics_json_is_named(tmp_path: Path, content: str, problem: str) -> None:
+    path = tmp_path / "metrics.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=problem) as info:
+        read_metrics(path)
+    assert str(path) in str(info.value)

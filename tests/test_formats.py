@@ -117,3 +117,19 @@ def test_atomic_outputs_get_the_usual_modes(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize(
+    ("rate", "problem"),
+    [
+        ("1000", "must be a number, got '1000'"),
+        (None, "must be a number, got None"),
+        (True, "must be a number, got True"),
+        (-5, "finite positive number, got -5.0"),
+    ],
+)
+def test_gaddy_sampling_rate_is_checked(tmp_path: Path, rate: object, problem: str) -> None:
+    write_gaddy(tmp_path / "s1", 0, _emg(0), "yes", extra_info={"sampling_rate": rate})
+    with pytest.raises(DataError, match=problem) as info:
+        read_gaddy_dir(tmp_path)
+    assert str(tmp_path / "s1" / "0_info.json") in str(info.value)

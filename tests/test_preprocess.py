@@ -163,6 +163,46 @@ def _truncated_npy(root: Path) -> Path:
     return npy
 
 
+def _raw_npz(root: Path, split: str = "train", **arrays: np.ndarray) -> Path:
+    """Rewrite the first file of ``split`` with some arrays replaced, as np.savez writes them."""
+    path = _first(root, split)
+    with np.load(path) as npz:
+        content = {k: npz[k] for k in npz.files}
+    content.update(arrays)
+    path.unlink()
+    np.savez(path, **content)
+    return path
+
+
+def _complex(root: Path) -> Path:
+    emg = read_native(_first(root)).emg
+    return _raw_npz(root, emg=emg.astype(np.complex64) + 1j)
+
+
+def _bytes_label(root: Path) -> Path:
+    return _raw_npz(root, label=np.array(b"no"))
+
+
+def _nan_rate(root: Path) -> Path:
+    return _raw_npz(root, "val", sampling_rate=np.array(np.nan))
+
+
+def _text_rate(root: Path) -> Path:
+    return _raw_npz(root, "val", sampling_rate=np.array("1000"))
+
+
+def _dead_electrode(root: Path) -> Path:
+    def fn(e: np.ndarray, lab: str, r: float) -> tuple:
+        e[:, 3] = 0.0
+        return e, lab, r
+
+    return _rewrite(root, fn)
+
+
+def _all_zero(root: Path) -> Path:
+    return _rewrite(root, lambda e, lab, r: (np.zeros_like(e), lab, r), "test")
+
+
 def _empty_split(root: Path) -> Path:
     shutil.rmtree(root / "val")
     (root / "val").mkdir()
@@ -180,6 +220,12 @@ def _empty_split(root: Path) -> Path:
         (_truncated_npz, "truncated"),
         (_truncated_npy, "truncated"),
         (_empty_split, "no utterances"),
+        (_complex, "dtype complex64"),
+        (_bytes_label, "'label' must be a unicode string"),
+        (_nan_rate, "finite positive number, got nan"),
+        (_text_rate, "'sampling_rate' must be a real number"),
+        (_dead_electrode, "channel(s) [3] are flat"),
+        (_all_zero, "every channel is flat"),
     ],
 )
 def test_bad_input_exits_2_naming_file_and_keeps_output(

@@ -10,9 +10,11 @@ can be added one at a time (:class:`Fingerprint`), so a split never has to be in
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,3 +66,19 @@ def fingerprint_splits(
         for utt in utterances:
             fingerprint.add(name, utt, roots[name])
     return fingerprint.hexdigest()
+
+
+# The manifest fields that decide what features a raw recording becomes.
+FEATURE_FIELDS = ("preprocessing", "input_size", "num_channels", "normalization")
+
+
+def feature_hash(manifest: Mapping[str, Any]) -> str:
+    """sha256 over the feature settings of a processed data set's manifest: filter, window and
+    hop parameters, bands, channels and the normalisation statistics (:data:`FEATURE_FIELDS`).
+
+    The data fingerprint says which recordings; this says how they became features. A model
+    only fits features of the same hash.
+    """
+    settings = {key: manifest.get(key) for key in FEATURE_FIELDS}
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -69,12 +69,27 @@ def write_native(
 
 
 def _scalar(value: np.ndarray, kind: type, path: Path, key: str) -> Any:
+    """The 0-d array ``value`` as a ``str`` (unicode dtype only) or a finite positive ``float``
+    (integer or real dtype only); anything else is a :class:`DataError`, never converted."""
     if value.ndim != 0:
         raise DataError(f"{path}: {key!r} must be a 0-d array, got shape {value.shape}")
-    try:
-        return kind(value.item())
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: {key!r} is not a {kind.__name__}: {value.item()!r}") from None
+    if kind is str:
+        if value.dtype.kind != "U":
+            raise DataError(f"{path}: {key!r} must be a unicode string, got dtype {value.dtype}")
+        return str(value.item())
+    if value.dtype.kind not in "iuf":
+        raise DataError(f"{path}: {key!r} must be a real number, got dtype {value.dtype}")
+    return check_rate(float(value.item()), path, key)
+
+
+def check_rate(value: Any, path: str | os.PathLike[str], key: str = "sampling_rate") -> float:
+    """``value`` as a finite positive float; text, null, booleans, NaN or <= 0 are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DataError(f"{path}: {key!r} must be a number, got {value!r}")
+    rate = float(value)
+    if not np.isfinite(rate) or rate <= 0:
+        raise DataError(f"{path}: {key!r} must be a finite positive number, got {rate!r}")
+    return rate
 
 
 def read_native(path: str | os.PathLike[str]) -> Utterance:
@@ -159,7 +174,7 @@ def _read_gaddy_entry(info_path: Path) -> Utterance | None:
         raise DataError(
             f"{emg_path}: unreadable or truncated .npy ({type(exc).__name__}: {exc})"
         ) from None
-    rate = float(info.get("sampling_rate", GADDY_SAMPLING_RATE))
+    rate = check_rate(info.get("sampling_rate", GADDY_SAMPLING_RATE), info_path)
     return Utterance(str(emg_path), emg, label.strip(), rate)
 
 

@@ -15,6 +15,7 @@ atomically at ``data.processed_dir`` (see :mod:`ssr.data.processed`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,19 +59,22 @@ class Labelled(Protocol):
 def validate_utterance(utt: Utterance, cfg: Config) -> None:
     """Raise :class:`DataError` naming the file if ``utt`` does not fit the config.
 
-    Checked: 2-D numeric samples, the channel count and sampling rate of the config, at least
-    one analysis window of samples, and no NaN or infinite sample.
+    Checked: 2-D real (integer or float, not complex or bool) samples, the channel count and
+    sampling rate of the config, at least one analysis window of samples, no NaN or infinite
+    sample, and no flat channel (a dead electrode or an all-zero recording).
     """
     emg = utt.emg
     if emg.ndim != 2:
         raise DataError(f"{utt.path}: EMG must be 2-D (time, channels), got shape {emg.shape}")
-    if not np.issubdtype(emg.dtype, np.number):
-        raise DataError(f"{utt.path}: EMG has non-numeric dtype {emg.dtype}")
+    if emg.dtype.kind not in "iuf":
+        raise DataError(
+            f"{utt.path}: EMG must be real integer or float samples, got dtype {emg.dtype}"
+        )
     channels = cfg.model.num_channels
     if emg.shape[1] != channels:
         raise DataError(f"{utt.path}: {emg.shape[1]} channels but model.num_channels is {channels}")
     rate = float(cfg.data.sampling_rate)
-    if abs(utt.sampling_rate - rate) > 1e-6 * rate:
+    if not math.isfinite(utt.sampling_rate) or abs(utt.sampling_rate - rate) > 1e-6 * rate:
         raise DataError(
             f"{utt.path}: sampling rate {utt.sampling_rate:g} Hz but data.sampling_rate "
             f"is {rate:g} Hz"
@@ -84,6 +88,13 @@ def validate_utterance(utt: Utterance, cfg: Config) -> None:
     if not np.all(np.isfinite(emg)):
         bad = int(np.count_nonzero(~np.isfinite(emg)))
         raise DataError(f"{utt.path}: {bad} NaN or infinite sample(s)")
+    flat = np.flatnonzero(np.ptp(emg, axis=0) == 0)
+    if flat.size:
+        what = "every channel is" if flat.size == channels else f"channel(s) {flat.tolist()} are"
+        raise DataError(
+            f"{utt.path}: {what} flat (constant value); a dead electrode or an empty recording "
+            "cannot be trained on"
+        )
 
 
 def _checked(directory: Path, cfg: Config, progress: str) -> Iterator[Utterance]:

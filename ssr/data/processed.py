@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssr.data.fingerprint import feature_hash
 from ssr.errors import DataError
 from ssr.fsutil import atomic_dir
 
@@ -113,6 +114,7 @@ def write_processed(
     out = Path(out_dir)
     manifest = dict(manifest)
     manifest["format_version"] = FORMAT_VERSION
+    manifest["feature_hash"] = feature_hash(manifest)
     manifest["splits"] = {name: _split_entry(arr) for name, arr in splits.items()}
     with atomic_dir(out) as tmp:
         for name, arr in splits.items():
@@ -127,17 +129,58 @@ def write_processed(
     return out
 
 
+def _manifest_problem(manifest: Any) -> str | None:
+    """What is wrong with a parsed manifest, or None."""
+    if not isinstance(manifest, dict):
+        return "must be a JSON object"
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return f"unsupported format_version {manifest.get('format_version')!r}"
+    labels = manifest.get("labels")
+    if not isinstance(labels, list) or not labels:
+        return "'labels' must be a non-empty list"
+    if not all(isinstance(label, str) and label for label in labels):
+        return "'labels' must hold non-empty strings"
+    if len(set(labels)) != len(labels):
+        return "'labels' holds duplicates"
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        return "'splits' must be a non-empty object"
+    for name, entry in splits.items():
+        if not isinstance(entry, dict):
+            return f"splits.{name} must be an object"
+        for key in ("utterances", "frames"):
+            value = entry.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                return f"splits.{name}.{key} must be a non-negative integer"
+        shape = entry.get("shape")
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+        ):
+            return f"splits.{name}.shape must be [channels, bins]"
+    for key in ("fingerprint", "feature_hash"):
+        if key in manifest and not isinstance(manifest[key], str):
+            return f"{key!r} must be a string"
+    for key in ("num_channels", "input_size"):
+        value = manifest.get(key)
+        if key in manifest and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{key!r} must be an integer"
+    return None
+
+
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``manifest.json`` of a processed data set."""
+    """Read and check ``manifest.json`` of a processed data set (DataError naming the field)."""
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise DataError(f"{path}: no manifest; run `ssr preprocess` first")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: manifest is not valid JSON: {exc}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: unsupported format_version {manifest.get('format_version')!r}")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     return manifest
 
 
@@ -152,14 +195,55 @@ class ProcessedSplit(Dataset):
             raise DataError(f"{self.root}: split {split!r} not in processed data set")
         feat_path = self.root / f"{split}_features.npy"
         index_path = self.root / f"{split}_index.npy"
+        ids_path = self.root / f"{split}_ids.json"
         try:
-            self.features = np.load(feat_path, mmap_mode="r")
-            self.index = np.load(index_path)
+            self.features = np.load(feat_path, mmap_mode="r", allow_pickle=False)
+            self.index = np.load(index_path, allow_pickle=False)
+            ids = json.loads(ids_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DataError(f"{feat_path.parent}: cannot read split {split!r}: {exc}") from None
-        self.ids: list[str] = json.loads((self.root / f"{split}_ids.json").read_text())
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise DataError(f"{ids_path}: must be a JSON list of strings")
+        self.ids: list[str] = ids
         if len(self.index) == 0:
             raise DataError(f"{self.root}: split {split!r} is empty")
+        self._check_arrays(feat_path, index_path)
+
+    def _check_arrays(self, feat_path: Path, index_path: Path) -> None:
+        """Refuse arrays that disagree with each other or with the manifest."""
+        entry = self.manifest["splits"][self.split]
+        if self.features.ndim != 3 or list(self.features.shape[1:]) != entry["shape"]:
+            raise DataError(
+                f"{feat_path}: shape {self.features.shape}, manifest says (frames, "
+                f"{entry['shape'][0]}, {entry['shape'][1]})"
+            )
+        if self.features.dtype != np.float32:
+            raise DataError(f"{feat_path}: dtype {self.features.dtype}, expected float32")
+        index = self.index
+        if index.ndim != 2 or index.shape[1] != 3 or index.dtype.kind not in "iu":
+            raise DataError(f"{index_path}: must be integer (utterances, 3), got {index.shape}")
+        if len(self.ids) != len(index):
+            raise DataError(
+                f"{self.root}: {self.split}_ids.json lists {len(self.ids)} utterances, "
+                f"the index {len(index)}"
+            )
+        offsets, lengths, labels = index[:, 0], index[:, 1], index[:, 2]
+        total = self.features.shape[0]
+        bad = np.flatnonzero((offsets < 0) | (lengths < 1) | (offsets + lengths > total))
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(
+                f"{index_path}: utterance {i} ({self.ids[i]}) spans frames "
+                f"{int(offsets[i])}..{int(offsets[i] + lengths[i])}, outside the "
+                f"{total} frames of {feat_path.name} ({bad.size} such utterance(s))"
+            )
+        classes = len(self.manifest["labels"])
+        bad = np.flatnonzero((labels < 0) | (labels >= classes))
+        if bad.size:
+            raise DataError(
+                f"{index_path}: label id {int(labels[bad[0]])} outside the {classes} labels "
+                f"of the manifest ({bad.size} utterance(s))"
+            )
 
     @property
     def label_names(self) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ssr.config import Config, StorageConfig, config_from_dict
-from ssr.errors import CheckpointError, StorageError
+from ssr.errors import CheckpointError, ConfigError, StorageError
 from ssr.fsutil import atomic_path
 from ssr.storage import is_s3, join, load_latest, read_bytes, write_bytes
 from ssr.storage.s3 import ObjectNotFoundError
@@ -124,6 +124,70 @@ def find_resume(
     return load_checkpoint_bytes(data, source), source
 
 
+def checkpoint_labels(state: dict[str, Any], source: str) -> list[str]:
+    """The checkpoint's ``labels``: a non-empty list of distinct strings, else CheckpointError."""
+    labels = state.get("labels")
+    if (
+        not isinstance(labels, list)
+        or not labels
+        or not all(isinstance(label, str) and label for label in labels)
+    ):
+        raise CheckpointError(
+            f"{source}: 'labels' must be a non-empty list of strings, got {type(labels).__name__}"
+        )
+    if len(set(labels)) != len(labels):
+        raise CheckpointError(f"{source}: 'labels' holds duplicates")
+    return list(labels)
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape)
+
+
+def describe_mismatch(expected: dict[str, Any], given: dict[str, Any], limit: int = 3) -> str:
+    """A one-line summary of how state dict ``given`` differs from ``expected``: counts of
+    missing and unexpected keys and of shape mismatches, with the first ``limit`` of each."""
+
+    def first(items: list[str]) -> str:
+        more = f", ... (+{len(items) - limit})" if len(items) > limit else ""
+        return ", ".join(items[:limit]) + more
+
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = [
+        f"{k} {list(_shape(given[k]))} vs {list(_shape(expected[k]))}"
+        for k in sorted(set(expected) & set(given))
+        if _shape(given[k]) != _shape(expected[k])
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) ({first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) ({first(unexpected)})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (checkpoint vs model: {first(shapes)})")
+    return "; ".join(parts)
+
+
+def load_weights(model: torch.nn.Module, weights: Any, source: str) -> None:
+    """Load ``weights`` into ``model`` strictly; a mismatch is one summarising CheckpointError."""
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise CheckpointError(
+            f"{source}: 'model' is not a state dict (a mapping of names to tensors)"
+        )
+    expected = model.state_dict()
+    problem = describe_mismatch(expected, weights)
+    if problem:
+        raise CheckpointError(f"{source}: weights do not fit the stored config: {problem}")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "load failed"
+        raise CheckpointError(f"{source}: weights do not fit the stored config: {first}") from None
+
+
 def restore_model(state: dict[str, Any], source: str) -> tuple[torch.nn.Module, Config, list[str]]:
     """Rebuild the model of a training checkpoint from its stored config and weights.
 
@@ -135,11 +199,13 @@ def restore_model(state: dict[str, Any], source: str) -> tuple[torch.nn.Module, 
     for key in ("model", "config", "labels"):
         if key not in state:
             raise CheckpointError(f"{source}: not an ssr training checkpoint (no {key!r})")
-    cfg = config_from_dict(state["config"], f"{source} (stored config)")
-    labels = [str(label) for label in state["labels"]]
-    model = build_model(cfg.model, len(labels))
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{source}: 'config' is not a mapping")
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{source}: weights do not fit the stored config: {exc}") from None
+        cfg = config_from_dict(state["config"], f"{source} (stored config)")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    labels = checkpoint_labels(state, source)
+    model = build_model(cfg.model, len(labels))
+    load_weights(model, state["model"], source)
     return model, cfg, labels

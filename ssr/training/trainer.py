@@ -43,7 +43,14 @@ from ssr.tracking.base import NullTracker, Tracker
 from ssr.tracking.context import describe_device
 from ssr.training import distributed
 from ssr.training.augment import augment_batch
-from ssr.training.checkpoint import BEST, LAST, checkpoint_bytes, epoch_name
+from ssr.training.checkpoint import (
+    BEST,
+    LAST,
+    checkpoint_bytes,
+    checkpoint_labels,
+    epoch_name,
+    load_weights,
+)
 from ssr.training.early_stopping import EarlyStopping
 from ssr.training.runtime import (
     OOM_ADVICE,
@@ -249,21 +256,25 @@ class Trainer:
         ]
         if missing:
             raise CheckpointError(f"{source}: not a resumable ssr checkpoint (missing {missing})")
-        if list(state["labels"]) != self.labels:
+        if checkpoint_labels(state, source) != self.labels:
             raise CheckpointError(
                 f"{source}: labels {list(state['labels'])} differ from the data set's {self.labels}"
             )
-        stored = state["config"].get("model", {})
+        config = state["config"]
+        stored = config.get("model") if isinstance(config, dict) else None
+        if not isinstance(stored, dict):
+            raise CheckpointError(f"{source}: stored config has no 'model' section")
         current = self.cfg.model.model_dump()
         diff = sorted(k for k in current if k != "dropout" and stored.get(k) != current[k])
         if diff:
             changes = ", ".join(f"model.{k}: {stored.get(k)} -> {current[k]}" for k in diff)
             raise CheckpointError(f"{source}: model config differs from the checkpoint ({changes})")
+        load_weights(self.model, state["model"], source)
         try:
-            self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{source}: cannot restore model/optimizer: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{source}: cannot restore the optimizer: {first}") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.epoch = int(state["epoch"])
