@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,8 @@ class OfflineRun:
         return [(row.get(axis), row[key]) for row in self.history if key in row]
 
 
-def load_run(run_dir: Path) -> OfflineRun:
-    """Parse ``run_dir/run-<id>.wandb`` into config, history, artifacts and exit code."""
-    (log_file,) = run_dir.glob("run-*.wandb")
+def _parse_run(log_file: Path) -> OfflineRun | None:
+    """The run in ``log_file`` as far as it is written (None before its run record)."""
     run: OfflineRun | None = None
     for record in read_records(log_file):
         kind = record.WhichOneof("record_type")
@@ -90,13 +90,42 @@ def load_run(run_dir: Path) -> OfflineRun:
             run.artifacts.append((record.artifact.name, record.artifact.type))
         elif kind == "exit":
             run.exit_code = record.exit.exit_code
-    if run is None:
-        raise ValueError(f"{log_file}: no run record")
     return run
 
 
+def load_run(run_dir: Path, timeout: float = 60.0) -> OfflineRun:
+    """Parse ``run_dir/run-<id>.wandb`` into config, history, artifacts and exit code.
+
+    W&B's service process writes the file after ``finish()`` has returned to the caller, so on
+    a busy machine the file can still be missing, partly written or without its exit record.
+    This reads it again until the exit record is there (the last thing written), for up to
+    ``timeout`` seconds, and then says what was missing.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        files = list(run_dir.glob("run-*.wandb"))
+        problem = f"{run_dir}: no run-*.wandb file"
+        if len(files) == 1:
+            try:
+                run = _parse_run(files[0])
+            except Exception as exc:  # a record cut off while being written
+                run, problem = None, f"{files[0]}: unreadable ({exc})"
+            else:
+                if run is not None and run.exit_code is not None:
+                    return run
+                problem = f"{files[0]}: " + ("no exit record" if run else "no run record")
+        elif files:
+            raise ValueError(f"{run_dir}: {len(files)} run-*.wandb files")
+        if time.monotonic() > deadline:
+            raise ValueError(f"{problem} after {timeout:.0f}s")
+        time.sleep(0.05)
+
+
 def offline_runs(wandb_dir: Path, run_id: str | None = None) -> list[OfflineRun]:
-    """The offline runs under ``wandb_dir/wandb`` (optionally only ``run_id``), oldest first."""
+    """The finished offline runs under ``wandb_dir/wandb`` (only ``run_id`` if given), oldest
+    first; each is read once its exit record is written (see :func:`load_run`)."""
     dirs = sorted((wandb_dir / "wandb").glob("offline-run-*"))
+    if run_id is not None:
+        dirs = [d for d in dirs if d.name.endswith(f"-{run_id}")]
     runs = [load_run(d) for d in dirs]
     return [r for r in runs if run_id is None or r.run_id == run_id]
