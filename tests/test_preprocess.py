@@ -203,6 +203,24 @@ def _all_zero(root: Path) -> Path:
     return _rewrite(root, lambda e, lab, r: (np.zeros_like(e), lab, r), "test")
 
 
+def _test_copied_into_train(root: Path) -> Path:
+    source = _first(root, "test")
+    shutil.copy(source, root / "train" / "copied.npz")
+    return source
+
+
+def _one_class(root: Path) -> Path:
+    for path in sorted((root / "train").rglob("*.npz")):
+        utt = read_native(path)
+        if utt.label != "yes":
+            path.unlink()
+    for split in ("val", "test"):
+        for path in sorted((root / split).rglob("*.npz")):
+            if read_native(path).label != "yes":
+                path.unlink()
+    return root / "train"
+
+
 def _empty_split(root: Path) -> Path:
     shutil.rmtree(root / "val")
     (root / "val").mkdir()
@@ -226,6 +244,8 @@ def _empty_split(root: Path) -> Path:
         (_text_rate, "'sampling_rate' must be a real number"),
         (_dead_electrode, "channel(s) [3] are flat"),
         (_all_zero, "every channel is flat"),
+        (_test_copied_into_train, "the same recording is in more than one split"),
+        (_one_class, "the training split has 1 class(es) (['yes'])"),
     ],
 )
 def test_bad_input_exits_2_naming_file_and_keeps_output(
@@ -303,3 +323,16 @@ def test_streamed_split_with_wrong_shape_leaves_no_output(tmp_path: Path) -> Non
     out = write_processed(tmp_path / "out", {"labels": ["x", "y"]}, {"train": stream})
     assert np.load(out / "train_index.npy").tolist() == [[0, 3, 0], [3, 2, 1]]
     assert np.load(out / "train_features.npy").shape == (5, 8, 4)
+
+
+def test_duplicate_in_train_is_a_warning(
+    raw: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "raw"
+    shutil.copytree(raw, root)
+    source = _first(root)
+    shutil.copy(source, root / "train" / "again.npz")
+    with caplog.at_level("WARNING", logger="ssr.data.preprocess"):
+        run_preprocess(_cfg(root, tmp_path / "p"))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "1 duplicate recording(s) within a split" in warning and str(source) in warning

@@ -47,13 +47,18 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ssr.data.preprocess import check_labels, scan_split
+    from ssr.data.fingerprint import Fingerprint
+    from ssr.data.preprocess import check_labels, check_repeats, scan_split
 
     cfg = config_from_args(args)
     dirs = {"train": cfg.data.train_dir, "val": cfg.data.val_dir, "test": cfg.data.test_dir}
-    scans = {name: scan_split(name, path, cfg) for name, path in dirs.items()}
+    fingerprint = Fingerprint()
+    scans = {name: scan_split(name, path, cfg, fingerprint) for name, path in dirs.items()}
+    check_repeats(fingerprint)
     labels = check_labels(
-        scans["train"].utterances, {n: scans[n].utterances for n in ("val", "test")}
+        scans["train"].utterances,
+        {n: scans[n].utterances for n in ("val", "test")},
+        str(dirs["train"]),
     )
     for name, scan in scans.items():
         minutes = scan.seconds / 60

@@ -33,6 +33,8 @@ class Fingerprint:
 
     def __init__(self) -> None:
         self._splits: dict[str, list[tuple[str, bytes]]] = {}
+        # samples-only digest -> [(split, path)]: the same recording under any name or label
+        self._content: dict[bytes, list[tuple[str, str]]] = {}
 
     def split(self, name: str) -> None:
         """Declare split ``name`` (so an empty split is part of the fingerprint too)."""
@@ -44,8 +46,16 @@ class Fingerprint:
         relative = _relative(utt.path, root)
         header = f"{relative}\0{utt.label}\0{utt.sampling_rate!r}\0{emg.dtype.str}\0{emg.shape}\0"
         digest = hashlib.sha256(header.encode())
-        digest.update(emg.reshape(-1).view(np.uint8))  # the bytes, without a copy
+        samples = emg.reshape(-1).view(np.uint8)  # the bytes, without a copy
+        digest.update(samples)
         self._splits.setdefault(split, []).append((relative, digest.digest()))
+        content = hashlib.sha256(f"{emg.dtype.str}\0{emg.shape}\0".encode())
+        content.update(samples)
+        self._content.setdefault(content.digest(), []).append((split, utt.path))
+
+    def repeated(self) -> list[list[tuple[str, str]]]:
+        """Groups of utterances with identical samples, each ``[(split, path), ...]`` (2+)."""
+        return [places for places in self._content.values() if len(places) > 1]
 
     def hexdigest(self) -> str:
         total = hashlib.sha256()

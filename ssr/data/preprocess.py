@@ -41,6 +41,7 @@ __all__ = [
     "SplitScan",
     "Utterance",
     "check_labels",
+    "check_repeats",
     "load_split",
     "normalization_stats",
     "run_preprocess",
@@ -162,9 +163,40 @@ def scan_split(
     return scan
 
 
-def check_labels(train: Sequence[Labelled], others: Mapping[str, Sequence[Labelled]]) -> list[str]:
-    """Sorted training labels; a val/test label never seen in training is a :class:`DataError`."""
+def check_repeats(fingerprint: Fingerprint) -> None:
+    """A recording in two splits (train/test leakage) is a :class:`DataError`; one repeated
+    inside a split is a warning. Recordings are compared by their samples only."""
+    groups = fingerprint.repeated()
+    leaks = [g for g in groups if len({split for split, _ in g}) > 1]
+    if leaks:
+        first = ", ".join(f"{split}: {path}" for split, path in leaks[0])
+        raise DataError(
+            f"{first}: the same recording is in more than one split ({len(leaks)} such "
+            "recording(s)); held-out scores would be meaningless"
+        )
+    if groups:
+        copies = sum(len(g) - 1 for g in groups)
+        first = " = ".join(path for _, path in groups[0])
+        log.warning(
+            "%d duplicate recording(s) within a split (identical samples), e.g. %s",
+            copies,
+            first,
+        )
+
+
+def check_labels(
+    train: Sequence[Labelled],
+    others: Mapping[str, Sequence[Labelled]],
+    where: str = "training split",
+) -> list[str]:
+    """Sorted training labels; a val/test label never seen in training is a :class:`DataError`,
+    and so is a training split (folder ``where``) with fewer than two classes."""
     labels = sorted({u.label for u in train})
+    if len(labels) < 2:
+        raise DataError(
+            f"{where}: the training split has {len(labels)} class(es) ({labels}); "
+            "a classifier needs at least two"
+        )
     known = set(labels)
     for name, utterances in others.items():
         for utt in utterances:
@@ -281,7 +313,10 @@ def run_preprocess(cfg: Config) -> Path:
         spill = Path(spill_dir) / "train_filtered.f32"
         scans, stats, fingerprint = _pass_one(cfg, local, spill)
         train = scans["train"].utterances
-        labels = check_labels(train, {n: scans[n].utterances for n in ("val", "test")})
+        check_repeats(fingerprint)
+        labels = check_labels(
+            train, {n: scans[n].utterances for n in ("val", "test")}, str(dirs["train"])
+        )
         label_ids = {label: i for i, label in enumerate(labels)}
 
         mean, std = stats.result()
