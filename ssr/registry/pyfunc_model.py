@@ -8,6 +8,14 @@ Input: a pandas DataFrame, one row per recording, column ``emg`` holding the sam
 nested list / 2-D array (time, channels) at the model's sampling rate, and an optional column
 ``sampling_rate`` (Hz) that must equal it. Output: a DataFrame with ``label`` (the most
 probable word), ``confidence`` (its probability) and one ``p_<label>`` column per class.
+
+Input a model cannot use (wrong channel count, NaN, too short or too long, another sampling
+rate, not a numeric array) raises :class:`InvalidInputError`: a :class:`~ssr.errors.DataError` that
+is also an MLflow ``INVALID_PARAMETER_VALUE`` error, so MLflow's scoring server answers it with
+HTTP 400 and the message, which names the row.
+
+Only load models through :func:`load_pyfunc` (or :mod:`ssr.registry.safe_load`): it checks that
+the model is one ``ssr register`` logged as code before any of the model's code runs.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ssr.errors import DataError, RegistryError
 
@@ -29,6 +39,13 @@ MODEL_INFO = "model_info"
 MANIFEST = "manifest"
 BATCH_SIZE = 16
 FEATURE_KEYS = ("preprocessing", "input_size", "num_channels", "normalization")
+
+
+class InvalidInputError(MlflowException, DataError):
+    """Model input the classifier cannot use; HTTP 400 from MLflow's scoring server."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def probability_columns(labels: list[str]) -> list[str]:
@@ -59,23 +76,62 @@ class EmgClassifier(mlflow.pyfunc.PythonModel):
         self.model = model.eval()
         self.extractor = FeatureExtractor.from_manifest(self.manifest)
 
+    @property
+    def max_samples(self) -> int:
+        """Longest recording (samples) whose frames fit ``model.max_frames``."""
+        ex = self.extractor
+        return ex.window_size + (int(self.model.cfg.max_frames) - 1) * ex.hop_length
+
+    def check_recording(self, emg: np.ndarray, source: str) -> None:
+        """Raise :class:`InvalidInputError` naming ``source`` if this model cannot classify ``emg``:
+        not (time, channels), another channel count, NaN/inf, shorter than one window, or
+        more frames than ``model.max_frames``."""
+        try:
+            self.extractor.check(emg, source)
+        except DataError as exc:
+            raise InvalidInputError(str(exc)) from None
+        if emg.shape[0] > self.max_samples:
+            frames = self.extractor.num_frames(emg.shape[0])
+            rate = self.extractor.sampling_rate
+            raise InvalidInputError(
+                f"{source}: {emg.shape[0]} samples ({emg.shape[0] / rate:g} s) make {frames} "
+                f"frames, more than the model's max_frames={self.model.cfg.max_frames}; at most "
+                f"{self.max_samples} samples ({self.max_samples / rate:g} s at {rate:g} Hz): "
+                "split the recording"
+            )
+
     def _recordings(self, model_input: Any) -> list[np.ndarray]:
         if isinstance(model_input, dict):
             model_input = pd.DataFrame(model_input)
         if not isinstance(model_input, pd.DataFrame) or "emg" not in model_input.columns:
-            raise DataError("model input must be a DataFrame with an 'emg' column (time, channels)")
+            raise InvalidInputError(
+                "model input must be a DataFrame with an 'emg' column (time, channels)"
+            )
         if "sampling_rate" in model_input.columns:
             for i, rate in enumerate(model_input["sampling_rate"]):
-                if (
-                    rate is not None
-                    and not pd.isna(rate)
-                    and float(rate) != self.extractor.sampling_rate
-                ):
-                    raise DataError(
-                        f"row {i}: sampling_rate {float(rate):g} Hz, the model expects "
+                try:
+                    given = None if rate is None or pd.isna(rate) else float(rate)
+                except (TypeError, ValueError):
+                    raise InvalidInputError(
+                        f"row {i}: sampling_rate {rate!r} is not a number"
+                    ) from None
+                if given is not None and given != self.extractor.sampling_rate:
+                    raise InvalidInputError(
+                        f"row {i}: sampling_rate {given:g} Hz, the model expects "
                         f"{self.extractor.sampling_rate:g} Hz"
                     )
-        return [np.asarray(cell, dtype=np.float32) for cell in model_input["emg"]]
+        recordings = []
+        for i, cell in enumerate(model_input["emg"]):
+            try:
+                emg = np.asarray(cell if cell is not None else [], dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(
+                    f"row {i}: emg is not a numeric (time, channels) array "
+                    f"({type(exc).__name__}: {exc})"
+                ) from None
+            self.check_recording(emg, f"row {i}")
+            recordings.append(emg)
+        return recordings
 
     def featurise(
         self, recordings: list[np.ndarray], sources: list[str] | None = None
@@ -117,17 +173,24 @@ class EmgClassifier(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        """Classify each row's raw EMG recording."""
+        """Classify each row's raw EMG recording (all rows are checked before any runs)."""
         recordings = self._recordings(model_input)
-        return self.to_frame(self.predict_features(self.featurise(recordings)))
+        try:
+            features = self.featurise(recordings)
+        except DataError as exc:
+            raise InvalidInputError(str(exc)) from None
+        return self.to_frame(self.predict_features(features))
 
 
 def load_pyfunc(model_uri: str) -> tuple[mlflow.pyfunc.PyFuncModel, EmgClassifier]:
-    """Load a registered ssr model: the pyfunc wrapper and the :class:`EmgClassifier` inside."""
-    try:
-        loaded = mlflow.pyfunc.load_model(model_uri)
-    except Exception as exc:  # MlflowException, missing artifacts, bad URI
-        raise RegistryError(f"{model_uri}: cannot load model: {exc}") from None
+    """Load a registered ssr model: the pyfunc wrapper and the :class:`EmgClassifier` inside.
+
+    The model is checked first (:func:`ssr.registry.safe_load.fetch_checked`): anything but a
+    pyfunc ``ssr register`` logged as code is refused before its code or pickle runs.
+    """
+    from ssr.registry.safe_load import load_checked
+
+    loaded = load_checked(model_uri)
     inner = loaded.unwrap_python_model()
     if not isinstance(inner, EmgClassifier):
         raise RegistryError(f"{model_uri}: not an ssr EMG model ({type(inner).__name__})")

@@ -2,9 +2,12 @@
 
 One MLflow run (``register-<checkpoint>``, in the tracking experiment) receives:
 
-* ``model``: the raw-EMG pyfunc (:class:`~ssr.registry.pyfunc_model.EmgClassifier`) with the
-  weights as safetensors and the data set manifest (preprocessing travels with it); this is
-  what the registry version points at;
+* ``model``: the raw-EMG pyfunc (:class:`~ssr.registry.pyfunc_model.EmgClassifier`), logged
+  as code (:data:`~ssr.registry.safe_load.MODEL_CODE`, nothing pickled) with the weights as
+  safetensors, the data set manifest (preprocessing travels with it) and the ``ssr`` package
+  itself (MLflow ``code_paths``); its requirements are public packages only
+  (``serving-requirements.txt``, pinned to the versions installed here). This is what the
+  registry version points at;
 * ``pytorch-model``: the network in MLflow's PyTorch flavour, as a ``torch.export`` (pt2)
   program with inputs ``x`` (B, T, C, F) and ``padding_mask`` (B, T)
   (when ``registry.log_pytorch_model``);
@@ -20,9 +23,11 @@ logged or registered again and no alias moves.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +48,7 @@ from ssr.data.processed import ProcessedSplit
 from ssr.errors import DataError, RegistryError
 from ssr.registry.promote import CHALLENGER
 from ssr.registry.pyfunc_model import MANIFEST, MODEL_INFO, WEIGHTS, EmgClassifier
+from ssr.registry.safe_load import MODEL_CODE, MODEL_CODE_FILE
 from ssr.tracking.mlflow_backend import ensure_experiment
 
 log = logging.getLogger(__name__)
@@ -50,14 +56,7 @@ log = logging.getLogger(__name__)
 RUN_ID_TAG = "pipeline_run_id"
 TAG_VALUE_LIMIT = 5000  # MLflow's limit on a model version tag value
 EXAMPLE_ROWS = 2
-# The pyfunc is logged as code (no pickled Python object): loading runs these lines.
-MODEL_CODE = """\
-import mlflow.models
-
-from ssr.registry.pyfunc_model import EmgClassifier
-
-mlflow.models.set_model(EmgClassifier())
-"""
+SERVING_REQUIREMENTS = Path(__file__).with_name("serving-requirements.txt")
 
 
 @dataclass
@@ -144,13 +143,56 @@ def _pytorch_signature(channels: int, bins: int, classes: int) -> ModelSignature
     )
 
 
+def serving_distributions() -> list[str]:
+    """The distribution names in ``serving-requirements.txt`` (public packages only)."""
+    lines = SERVING_REQUIREMENTS.read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 def pip_requirements() -> list[str]:
-    """What the pyfunc needs: this package (which brings the rest) and its torch."""
-    return [
-        f"ssr=={ssr.__version__}",
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"mlflow=={mlflow.__version__}",
-    ]
+    """The logged model's requirements: each serving distribution pinned to the version
+    installed here (torch without its local build tag such as ``+cpu``). This project is not
+    among them: its code travels with the model."""
+    pins = []
+    for name in serving_distributions():
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise RegistryError(f"{name}: not installed; the logged model needs it") from None
+        pins.append(f"{name}=={version.split('+')[0]}")
+    return pins
+
+
+def _package_copy(dst: Path) -> Path:
+    """A copy of the ``ssr`` package without bytecode caches, to ship with the model."""
+    src = Path(ssr.__file__).resolve().parent
+    target = dst / "ssr"
+    shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.py[co]"))
+    return target
+
+
+def log_classifier(
+    artifacts: dict[str, str],
+    *,
+    signature: ModelSignature | None = None,
+    input_example: pd.DataFrame | None = None,
+    name: str = "model",
+) -> Any:
+    """Log the raw-EMG pyfunc in the active run: as code (:data:`MODEL_CODE`), with the ``ssr``
+    package as ``code_paths`` and public pinned requirements; the ``ModelInfo``."""
+    with tempfile.TemporaryDirectory(prefix="ssr-pyfunc-") as tmp:
+        tmpdir = Path(tmp)
+        model_code = tmpdir / MODEL_CODE_FILE
+        model_code.write_text(MODEL_CODE)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(model_code),
+            artifacts=artifacts,
+            code_paths=[str(_package_copy(tmpdir))],
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=pip_requirements(),
+        )
 
 
 def find_run_version(
@@ -263,8 +305,6 @@ def register_model(
         }
         example = _input_example(split)
         signature = _pyfunc_signature(EmgClassifier(), artifacts, example)
-        model_code = tmpdir / "emg_classifier.py"
-        model_code.write_text(MODEL_CODE)
         run_name = f"register-{Path(checkpoint).stem}"
         with mlflow.start_run(run_name=run_name) as run:
             mlflow.set_tags(
@@ -275,14 +315,7 @@ def register_model(
             )
             mlflow.log_artifact(str(Path(eval_dir) / "metrics.json"), "evaluation")
             mlflow.log_artifact(str(Path(eval_dir) / "predictions.json"), "evaluation")
-            pyfunc_info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(model_code),
-                artifacts=artifacts,
-                signature=signature,
-                input_example=example,
-                pip_requirements=pip_requirements(),
-            )
+            pyfunc_info = log_classifier(artifacts, signature=signature, input_example=example)
             if cfg.registry.log_pytorch_model:
                 _log_pytorch(model, split, train_cfg, len(labels))
             run_id = run.info.run_id
