@@ -1,46 +1,131 @@
-"""``ssr predict``: classify raw EMG recordings with a registered model."""
+"""``ssr predict``: classify raw EMG recordings with a registered model.
+
+Recordings need no label: a native ``.npz`` with ``emg`` (and ``sampling_rate``, optional),
+a Gaddy ``*_emg.npy`` (1000 Hz; its ``*_info.json``, when present, gives the rate and the true
+label) or any other ``.npy`` holding a (time, channels) array at the model's sampling rate.
+When a file carries its label, the true label is shown beside the prediction. Every error names
+the file. The model is checked before it is loaded (:mod:`ssr.registry.safe_load`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ssr.errors import DataError
 
+GADDY_EMG = re.compile(r"^(\d+)_emg\.npy$")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="classify recordings (.npz, Gaddy *_emg.npy) with a registered model",
+        help="classify recordings (.npz, Gaddy *_emg.npy, .npy) with a registered model",
         description="Load MODEL (e.g. models:/ssr-emg@champion; MLFLOW_TRACKING_URI names the "
-        "server) and print label and confidence for each recording.",
+        "server) and print label and confidence for each recording, and its true label when "
+        "the file has one. The model must be one `ssr register` logged (checked before "
+        "loading; loading a model runs its code, so use registries you trust).",
     )
     parser.add_argument("--model", default="models:/ssr-emg@champion", help="MLflow model URI")
-    parser.add_argument("files", nargs="+", metavar="FILE", help=".npz or *_emg.npy recordings")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help=".npz, Gaddy *_emg.npy or .npy recordings"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON records (with p_<label>)")
     parser.set_defaults(func=run)
 
 
-def read_recording(path: str) -> tuple[np.ndarray, float | None]:
-    """EMG (time, channels) and its sampling rate (None when the file does not say)."""
-    from ssr.data.formats import GADDY_SAMPLING_RATE, read_native
+@dataclass
+class Recording:
+    """A recording to classify: EMG (time, channels), its rate and label when the file says."""
 
+    path: str
+    emg: np.ndarray
+    sampling_rate: float | None
+    label: str | None
+
+
+def _scalar(npz: Any, key: str, kind: type, path: str) -> Any:
+    value = npz[key]
+    if value.ndim != 0:
+        raise DataError(f"{path}: {key!r} must be a single value, got shape {value.shape}")
+    try:
+        return kind(value.item())
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: {key!r} is not a {kind.__name__}: {value.item()!r}") from None
+
+
+def _read_npz(path: str) -> Recording:
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a .npz file (no zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "emg" not in npz.files:
+                raise DataError(f"{path}: no 'emg' array (found {sorted(npz.files)})")
+            emg = npz["emg"]
+            rate = (
+                _scalar(npz, "sampling_rate", float, path) if "sampling_rate" in npz.files else None
+            )
+            label = _scalar(npz, "label", str, path).strip() if "label" in npz.files else None
+    except DataError:
+        raise
+    except Exception as exc:  # zip, header or truncated-data errors all mean "unreadable"
+        raise DataError(f"{path}: unreadable .npz ({type(exc).__name__}: {exc})") from None
+    return Recording(path, emg, rate, label or None)
+
+
+def _gaddy_info(path: Path) -> tuple[float, str | None]:
+    """Sampling rate and label from a Gaddy ``*_emg.npy``'s ``*_info.json`` (when present)."""
+    from ssr.data.formats import GADDY_SAMPLING_RATE
+
+    match = GADDY_EMG.match(path.name)
+    info_path = path.with_name(f"{match[1]}_info.json") if match else None
+    if info_path is None or not info_path.is_file():
+        return GADDY_SAMPLING_RATE, None
+    try:
+        info = json.loads(info_path.read_text())
+        rate = float(info.get("sampling_rate", GADDY_SAMPLING_RATE))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise DataError(f"{path}: unreadable {info_path.name} ({exc})") from None
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: {info_path.name} has a non-numeric sampling_rate") from None
+    text = info.get("text")
+    return rate, text.strip() if isinstance(text, str) and text.strip() else None
+
+
+def read_recording(path: str) -> Recording:
+    """One recording from a ``.npz``, Gaddy ``*_emg.npy`` or plain ``.npy`` file."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path}: no such file")
+    _exists(path)
     if p.suffix == ".npz":
-        utt = read_native(p)
-        return np.asarray(utt.emg, np.float32), utt.sampling_rate
-    if p.suffix == ".npy":
-        try:
-            emg = np.load(p, allow_pickle=False)
-        except Exception as exc:
-            raise DataError(f"{path}: unreadable .npy ({type(exc).__name__}: {exc})") from None
-        return np.asarray(emg, np.float32), GADDY_SAMPLING_RATE
-    raise DataError(f"{path}: unsupported file type (expected .npz or *_emg.npy)")
+        return _read_npz(path)
+    if p.suffix != ".npy":
+        raise DataError(f"{path}: unsupported file type (expected .npz, *_emg.npy or .npy)")
+    try:
+        emg = np.load(p, allow_pickle=False)
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable .npy ({type(exc).__name__}: {exc})") from None
+    rate, label = _gaddy_info(p) if GADDY_EMG.match(p.name) else (None, None)
+    return Recording(path, emg, rate, label)
+
+
+def _exists(path: str) -> None:
+    if Path(path).is_dir():
+        raise DataError(f"{path}: a folder; pass the recordings in it (e.g. {path}/*.npz)")
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
+
+
+def _numeric(rec: Recording) -> np.ndarray:
+    if not np.issubdtype(rec.emg.dtype, np.number) or np.iscomplexobj(rec.emg):
+        raise DataError(f"{rec.path}: EMG must be real numbers, got dtype {rec.emg.dtype}")
+    return np.asarray(rec.emg, np.float32)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,28 +134,42 @@ def run(args: argparse.Namespace) -> int:
 
     from ssr.registry.pyfunc_model import load_pyfunc
 
-    pyfunc, classifier = load_pyfunc(args.model)
-    recordings, rates = [], []
+    for path in args.files:  # before the model is fetched
+        _exists(path)
+    _, classifier = load_pyfunc(args.model)
+    expected = classifier.extractor.sampling_rate
+    recordings = []
     for path in tqdm(
         args.files, desc="read", unit="file", leave=False, disable=len(args.files) < 20
     ):
-        emg, rate = read_recording(path)
-        classifier.extractor.check(emg, path)
-        if rate is not None and rate != classifier.extractor.sampling_rate:
+        rec = read_recording(path)
+        rec.emg = _numeric(rec)
+        if rec.sampling_rate is not None and rec.sampling_rate != expected:
             raise DataError(
-                f"{path}: sampled at {rate:g} Hz, the model expects "
-                f"{classifier.extractor.sampling_rate:g} Hz"
+                f"{path}: sampled at {rec.sampling_rate:g} Hz, the model expects {expected:g} Hz"
             )
-        recordings.append(emg.tolist())
-        rates.append(rate if rate is not None else classifier.extractor.sampling_rate)
-    frame = pyfunc.predict(pd.DataFrame({"emg": recordings, "sampling_rate": rates}))
+        classifier.check_recording(rec.emg, path)
+        recordings.append(rec)
+    features = classifier.featurise([r.emg for r in recordings], [r.path for r in recordings])
+    frame = classifier.to_frame(classifier.predict_features(features))
     frame.insert(0, "file", list(args.files))
+    truth = [r.label for r in recordings]
+    frame.insert(3, "true_label", pd.Series(truth, dtype=object))
     if args.json:
         print(json.dumps(frame.to_dict(orient="records"), indent=2))
         return 0
+    labelled = [t is not None for t in truth]
     width = max(len("file"), *(len(f) for f in args.files))
     label_width = max(len("label"), *(len(str(v)) for v in frame["label"]))
-    print(f"{'file':<{width}}  {'label':<{label_width}}  confidence")
+    header = f"{'file':<{width}}  {'label':<{label_width}}  confidence"
+    print(header + ("  true label" if any(labelled) else ""))
     for row in frame.itertuples(index=False):
-        print(f"{row.file:<{width}}  {row.label:<{label_width}}  {row.confidence:.3f}")
+        line = f"{row.file:<{width}}  {row.label:<{label_width}}  {row.confidence:10.3f}"
+        if any(labelled):
+            line += f"  {row.true_label if row.true_label is not None else '-'}"
+        print(line)
+    if any(labelled):
+        scored = [(p, t) for p, t in zip(frame["label"], truth, strict=True) if t is not None]
+        right = sum(p == t for p, t in scored)
+        print(f"{right}/{len(scored)} labelled recordings classified correctly")
     return 0
