@@ -172,3 +172,27 @@ bench: setup ## run every benchmark in quick mode (BENCH_ARGS= for the full runs
 	$(BIN)/python benchmarks/bench_inference.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_quality.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_pipeline.py $(BENCH_ARGS)
+
+# ---- serving ---------------------------------------------------------------------------------
+# `ssr serve` checks the model (only what `ssr register` logged as code is loaded), downloads it
+# and runs MLflow's scoring server on it. MLFLOW_TRACKING_URI names the registry (default: the
+# local store of make run-local, MLFLOW_STORE).
+SERVE_MODEL ?= models:/ssr-emg@champion
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 8080
+SERVE_IMAGE ?= $(IMAGE_REGISTRY)/ssr-serve:$(VERSION)
+.PHONY: serve image-serve k8s-render-serving
+serve: setup ## serve SERVE_MODEL (models:/ssr-emg@champion) on http://127.0.0.1:8080 (POST /invocations)
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-$(MLFLOW_STORE)}" \
+	  $(BIN)/ssr serve --model "$(SERVE_MODEL)" --host $(SERVE_HOST) --port $(SERVE_PORT)
+
+image-serve: wheelhouse ## build SERVE_IMAGE: MLflow's scoring server and only what inference needs (CPU torch)
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile $(BUILD_ARGS) \
+	  --target serve -t $(SERVE_IMAGE) .
+
+k8s-render-serving: ## render k8s/serving (the model server) to build/k8s/serving.yaml
+	@mkdir -p $(K8S_RENDER_DIR)
+	@kubectl kustomize k8s/serving > $(K8S_RENDER_DIR)/serving.yaml
+	@echo "$(K8S_RENDER_DIR)/serving.yaml"
+# `make k8s-render` renders the serving manifests too.
+k8s-render: k8s-render-serving
