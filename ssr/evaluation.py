@@ -135,15 +135,22 @@ def evaluate(
     split (``metrics.json``'s ``baseline``, tracked as ``{split}/baseline_*``).
     """
     # ssr.training imports this module, so its parts are imported here, not at the top.
-    from ssr.training.checkpoint import load_checkpoint, restore_model
+    from ssr.training.checkpoint import check_features, load_checkpoint, restore_model
     from ssr.training.runtime import select_device
 
     tracker = tracker or NullTracker()
-    model, _, labels = restore_model(load_checkpoint(checkpoint), checkpoint)
+    state = load_checkpoint(checkpoint)
+    model, _, labels = restore_model(state, checkpoint)
     data = ProcessedSplit(processed_dir, split)
     if data.label_names != labels:
         raise DataError(
             f"{processed_dir}: labels {data.label_names} differ from the checkpoint's {labels}"
+        )
+    if not check_features(state, data.manifest, checkpoint, str(processed_dir)):
+        log.warning(
+            "%s: no feature hash (an older checkpoint); only its labels were checked against %s",
+            checkpoint,
+            processed_dir,
         )
     dev = device if isinstance(device, torch.device) else select_device(device)
     model.to(dev)

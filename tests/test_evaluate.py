@@ -227,3 +227,42 @@ def test_bad_metrics_json_is_named(tmp_path: Path, content: str, problem: str) -
     with pytest.raises(DataError, match=problem) as info:
         read_metrics(path)
     assert str(path) in str(info.value)
+
+
+def test_other_features_are_refused(processed: Path, tmp_path: Path) -> None:
+    """Same recordings and labels, other feature settings: evaluate and resume refuse."""
+    from ssr.training import check_resume_identity
+    from ssr.training.checkpoint import feature_state, load_checkpoint
+
+    cfg = Config(
+        model=ModelConfig(input_size=8, hidden_size=16, num_layers=1, num_heads=2, max_frames=64)
+    )
+    manifest = json.loads((processed / "manifest.json").read_text())
+    state = {
+        "model": build_model(cfg.model, len(LABELS)).state_dict(),
+        "config": cfg.model_dump(),
+        "labels": LABELS,
+        "data_fingerprint": manifest["fingerprint"],
+        **feature_state(manifest),
+    }
+    ck = save_checkpoint(state, str(tmp_path / "ck"), "best_model.pth")
+    assert evaluate(ck, "test", str(processed), str(tmp_path / "ok"), device="cpu").num_samples
+
+    other = tmp_path / "other"
+    shutil.copytree(processed, other)
+    manifest["preprocessing"]["bandpass_high"] = 200.0
+    manifest["normalization"]["std"][0] = 2.0
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError) as info:
+        evaluate(ck, "test", str(other), str(tmp_path / "out"), device="cpu")
+    message = str(info.value)
+    assert message.startswith(ck) and str(other) in message
+    assert "preprocessing.bandpass_high: None -> 200.0" in message
+    assert "normalization.std" in message
+    assert not (tmp_path / "out").exists()
+
+    resume_cfg = cfg.model_copy(
+        update={"data": cfg.data.model_copy(update={"processed_dir": str(other)})}
+    )
+    with pytest.raises(CheckpointError, match="trained on features"):
+        check_resume_identity(resume_cfg, load_checkpoint(ck), ck)

@@ -336,3 +336,17 @@ def test_duplicate_in_train_is_a_warning(
         run_preprocess(_cfg(root, tmp_path / "p"))
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "1 duplicate recording(s) within a split" in warning and str(source) in warning
+
+
+def test_feature_settings_change_the_feature_hash_not_the_fingerprint(
+    raw: Path, processed: tuple[Config, Path], tmp_path: Path
+) -> None:
+    cfg, out = processed
+    first = read_manifest(out)
+    other = _cfg(raw, tmp_path / "p50").model_copy(deep=True)
+    other.data.powerline_freq = 50.0
+    other.data.bandpass_high = 200.0
+    second = read_manifest(run_preprocess(other))
+    assert second["fingerprint"] == first["fingerprint"]
+    assert second["feature_hash"] != first["feature_hash"]
+    assert len(first["feature_hash"]) == 64

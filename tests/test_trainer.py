@@ -3,6 +3,7 @@ exact resume, tracking calls and learning a learnable data set."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from helpers_data import tiny_overrides
 
 from ssr.cli import main
 from ssr.config import load_config
+from ssr.data.fingerprint import feature_hash
 from ssr.errors import ConfigError
 from ssr.training import Trainer
 from ssr.training.checkpoint import load_checkpoint
@@ -219,6 +221,9 @@ def test_checkpoints_plots_tracking_and_learning(processed: Path, tmp_path: Path
     assert state["labels"] == ["word0", "word1", "word2", "word3"]
     assert state["tracking"] == {"mlflow": "run-123"}
     assert state["config"]["model"]["hidden_size"] == 16
+    manifest = json.loads((processed / "manifest.json").read_text())
+    assert state["feature_hash"] == manifest["feature_hash"] == feature_hash(manifest)
+    assert state["features"]["normalization"] == manifest["normalization"]
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     best = load_checkpoint(str(ckdir / "best_model.pth"))
     assert best["epoch"] == result.best_epoch

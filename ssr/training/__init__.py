@@ -7,14 +7,21 @@ callers such as the pipeline components.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from ssr.config import Config
+from ssr.data.processed import MANIFEST, read_manifest
 from ssr.errors import CheckpointError
 from ssr.tracking.base import Tracker, open_tracker
 from ssr.tracking.context import data_fingerprint
 from ssr.training import distributed
-from ssr.training.checkpoint import find_resume, load_checkpoint, save_checkpoint
+from ssr.training.checkpoint import (
+    check_features,
+    find_resume,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ssr.training.early_stopping import EarlyStopping
 from ssr.training.trainer import Trainer, TrainResult, stop_on_sigterm
 
@@ -58,13 +65,17 @@ def resolve_resume(cfg: Config, resume: str | None) -> tuple[dict[str, Any] | No
 def check_resume_identity(cfg: Config, state: dict[str, Any], source: str) -> None:
     """Refuse to continue a checkpoint of other data or of another run.
 
-    The data fingerprint of the checkpoint must equal the one in the manifest of
-    ``data.processed_dir`` (skipped when either is unknown, e.g. a remote data set). When
+    The data fingerprint and the feature hash of the checkpoint must equal those of the
+    manifest of ``data.processed_dir`` (skipped when either is unknown, e.g. a remote data
+    set). When
     ``training.run_id`` is set (the pipeline sets it to its run id), the checkpoint must carry
     the same ``training.run_id`` in its stored config.
     """
     stored = str(state.get("data_fingerprint") or "")
     current = data_fingerprint(cfg.data.processed_dir)
+    local = cfg.data.processed_dir
+    if "://" not in local and (Path(local) / MANIFEST).is_file():
+        check_features(state, read_manifest(local), source, local)
     if stored and current and stored != current:
         raise CheckpointError(
             f"{source}: trained on data with fingerprint {stored}, but "

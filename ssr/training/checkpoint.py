@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from ssr.config import Config, StorageConfig, config_from_dict
+from ssr.config import Config, StorageConfig, config_from_dict, flatten
+from ssr.data.fingerprint import FEATURE_FIELDS, feature_hash
 from ssr.errors import CheckpointError, ConfigError, StorageError
 from ssr.fsutil import atomic_path
 from ssr.storage import is_s3, join, load_latest, read_bytes, write_bytes
@@ -122,6 +123,46 @@ def find_resume(
     pointer, data = found
     source = join(directory, pointer.checkpoint)
     return load_checkpoint_bytes(data, source), source
+
+
+def feature_state(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint stores of the features it was trained on: ``feature_hash`` and the
+    settings behind it (``features``), from the processed data set's manifest."""
+    return {
+        "feature_hash": feature_hash(manifest),
+        "features": {key: manifest.get(key) for key in FEATURE_FIELDS},
+    }
+
+
+def check_features(state: dict[str, Any], manifest: dict[str, Any], source: str, data: str) -> bool:
+    """Refuse a checkpoint (``source``) trained on other features than data set ``data``.
+
+    Compares the checkpoint's ``feature_hash`` with the hash of ``manifest``'s feature
+    settings (filters, window, hop, bands, channels, normalisation); the error names the
+    settings that differ. Returns False (and checks nothing) for a checkpoint written before
+    feature hashes existed; True when the features match.
+    """
+    stored = state.get("feature_hash")
+    if stored is None:
+        return False
+    current = feature_hash(manifest)
+    if stored == current:
+        return True
+    before = state.get("features")
+    changed: list[str] = []
+    if isinstance(before, dict):
+        old = flatten({k: before.get(k) for k in FEATURE_FIELDS})
+        new = flatten({k: manifest.get(k) for k in FEATURE_FIELDS})
+        changed = [
+            f"{k}: {old.get(k)!r:.40} -> {new.get(k)!r:.40}"
+            for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)
+        ]
+    detail = f" ({'; '.join(changed[:4])}{'; ...' if len(changed) > 4 else ''})" if changed else ""
+    raise CheckpointError(
+        f"{source}: trained on features {str(stored)[:12]}, but {data} has features "
+        f"{current[:12]}{detail}; preprocess the data with the model's settings or train anew"
+    )
 
 
 def checkpoint_labels(state: dict[str, Any], source: str) -> list[str]:

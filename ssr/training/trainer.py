@@ -49,6 +49,7 @@ from ssr.training.checkpoint import (
     checkpoint_bytes,
     checkpoint_labels,
     epoch_name,
+    feature_state,
     load_weights,
 )
 from ssr.training.early_stopping import EarlyStopping
@@ -225,6 +226,7 @@ class Trainer:
             "config": self.cfg.model_dump(),
             "labels": list(self.labels),
             "data_fingerprint": str(self.manifest.get("fingerprint", "")),
+            **feature_state(self.manifest),
             "tracking": dict(self.tracker.run_ids()),
             "history": list(self.history),
             "world_size": self.dist.world_size,
