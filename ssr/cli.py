@@ -18,6 +18,7 @@ import ssr
 import ssr.commands
 from ssr.config import Config, load_config
 from ssr.errors import SSRError
+from ssr.redact import RedactingFilter, redact
 
 log = logging.getLogger("ssr")
 
@@ -55,10 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:  # passwords in URLs never reach the log
+        handler.addFilter(RedactingFilter())
     try:
         result = args.func(args)
     except SSRError as exc:
-        print(f"ssr {args.command}: error: {exc}", file=sys.stderr)
+        print(redact(f"ssr {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ssr {args.command}: interrupted", file=sys.stderr)

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_data import make_processed, tiny_overrides
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 from servers import free_port, start_mlflow, stop_mlflow
 from wandb_offline import offline_runs
 
 from ssr.config import Config, load_config
+from ssr.redact import redact
 from ssr.tracking import NullTracker, open_tracker
 from ssr.tracking.context import default_run_name, git_commit
 from ssr.tracking.fanout import FanoutTracker
@@ -270,3 +275,57 @@ def test_confusion_matrix_rejects_bad_labels():
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
         confusion_matrix([0, 2], [0, 1], 2)
     assert np.array_equal(confusion_matrix([], [], 3), np.zeros((3, 3)))
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        ("http://alice:s3cret@host:5000/x", "http://alice:***@host:5000/x"),
+        ("see https://tok3n@host and s3://bucket/k", "see https://***@host and s3://bucket/k"),
+        ("postgresql://u:p%40ss@db/mlflow", "postgresql://u:***@db/mlflow"),
+        ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
+        ("mail me at a@b.c", "mail me at a@b.c"),
+    ],
+)
+def test_redact(text: str, clean: str) -> None:
+    assert redact(text) == clean
+
+
+def test_password_in_tracking_uri_reaches_no_param_tag_or_config(mlflow_server, tmp_path):
+    secret_uri = mlflow_server.uri.replace("http://", "http://alice:s3cret@")
+    cfg = _cfg(secret_uri, "storage.endpoint_url=http://key:s3cret@127.0.0.1:9")
+    tracker = open_tracker(cfg, job="train", fingerprint=FINGERPRINT)
+    ids = tracker.run_ids()
+    assert set(ids) == {"mlflow", "wandb"}
+    tracker.log_params(cfg.flat())
+    tracker.set_tags({"source": secret_uri})
+    tracker.finish()
+    run = MlflowClient(mlflow_server.uri).get_run(ids["mlflow"])
+    assert run.data.params["tracking.mlflow.tracking_uri"].startswith("http://alice:***@")
+    assert run.data.params["storage.endpoint_url"] == "http://key:***@127.0.0.1:9"
+    assert run.data.tags["source"].startswith("http://alice:***@")
+    values = [*run.data.params.values(), *run.data.tags.values()]
+    assert values and not [v for v in values if "s3cret" in v]
+    (wb,) = offline_runs(tmp_path, ids["wandb"])
+    assert wb.config["tracking.mlflow.tracking_uri"].startswith("http://alice:***@")
+    assert "s3cret" not in json.dumps(wb.config)
+
+
+def test_password_never_reaches_stderr_when_mlflow_is_down(tmp_path):
+    processed = make_processed(tmp_path / "processed", n_classes=2, per_class=4)
+    uri = f"http://alice:s3cret@127.0.0.1:{free_port()}"
+    args = tiny_overrides(processed, tmp_path, training__num_epochs=1)
+    args += ["tracking.mlflow.enabled=true", f"tracking.mlflow.tracking_uri={uri}"]
+    args += ["tracking.wandb.enabled=false"]
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssr", "train", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mlflow" in proc.stderr and "alice:***@127.0.0.1" in proc.stderr, proc.stderr[-2000:]
+    assert "s3cret" not in proc.stderr + proc.stdout

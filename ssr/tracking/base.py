@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ssr.redact import redact
+
 if TYPE_CHECKING:
     from ssr.config import Config
 
@@ -115,7 +117,9 @@ def open_tracker(
                 uri, cfg.tracking.mlflow.experiment, name, tags, resume_run_id=ids.get("mlflow")
             )
         except Exception as exc:
-            log.warning("tracking: mlflow could not be opened (%s); continuing without it", exc)
+            log.warning(
+                "tracking: mlflow could not be opened (%s); continuing without it", redact(str(exc))
+            )
     wcfg = cfg.tracking.wandb
     if wcfg.enabled:
         try:
@@ -136,7 +140,9 @@ def open_tracker(
                     job=job,
                 )
         except Exception as exc:
-            log.warning("tracking: wandb could not be opened (%s); continuing without it", exc)
+            log.warning(
+                "tracking: wandb could not be opened (%s); continuing without it", redact(str(exc))
+            )
     if not backends:
         return NullTracker()
     return FanoutTracker(backends)

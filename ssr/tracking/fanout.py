@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ssr.redact import redact
 from ssr.tracking.base import Tracker
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class FanoutTracker:
                     name,
                     method,
                     type(exc).__name__,
-                    exc,
+                    redact(str(exc)),
                 )
                 self._failing.add(name)
             else:
@@ -77,7 +78,7 @@ class FanoutTracker:
             try:
                 ids.update(backend.run_ids())
             except Exception as exc:
-                log.warning("tracking: %s run_ids failed: %s", name, exc)
+                log.warning("tracking: %s run_ids failed: %s", name, redact(str(exc)))
         return ids
 
     def finish(self, status: str = "FINISHED") -> None:

@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from ssr.metrics import confusion_matrix
 from ssr.plots import plot_confusion_matrix
+from ssr.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ class MlflowTracker:
                     self._buffered_metrics = 0
                     return
                 if is_permanent(exc):
-                    log.warning("tracking: mlflow rejected %s, dropped: %s", head.kind, exc)
+                    log.warning("tracking: mlflow rejected %s, dropped: %s", head.kind, _short(exc))
                     self._pop(len(batch))
                     continue
                 # wait longer after each failure in a row: a hung server costs little time
@@ -260,7 +261,9 @@ class MlflowTracker:
             elif op.kind == "params":
                 self._log_params(op.payload)
             elif op.kind == "tags":
-                tags = [RunTag(_key(k), str(v)[:MAX_TAG_VALUE]) for k, v in op.payload.items()]
+                tags = [
+                    RunTag(_key(k), redact(str(v))[:MAX_TAG_VALUE]) for k, v in op.payload.items()
+                ]
                 for i in range(0, len(tags), BATCH_PARAMS):
                     self.client.log_batch(self._run_id, tags=tags[i : i + BATCH_PARAMS])
             elif op.kind == "artifact":
@@ -275,7 +278,7 @@ class MlflowTracker:
                 self.client.set_terminated(self._run_id, status=op.payload)
 
     def _start(self, tags: Mapping[str, str]) -> None:
-        run_tags = {_key(k): str(v)[:MAX_TAG_VALUE] for k, v in tags.items()}
+        run_tags = {_key(k): redact(str(v))[:MAX_TAG_VALUE] for k, v in tags.items()}
         if self._run_id is not None:
             try:
                 run = self.client.get_run(self._run_id)
@@ -285,7 +288,7 @@ class MlflowTracker:
                 log.warning(
                     "tracking: mlflow run %s not found at %s; starting a new run",
                     self._run_id,
-                    self.tracking_uri,
+                    redact(self.tracking_uri),
                 )
                 self._run_id = None
                 self._resumed = False
@@ -305,11 +308,11 @@ class MlflowTracker:
             self._run_id,
             self.run_name,
             self.experiment,
-            self.tracking_uri,
+            redact(self.tracking_uri),
         )
 
     def _log_params(self, params: Mapping[str, Any]) -> None:
-        values = {_key(k): str(v)[:MAX_PARAM_VALUE] for k, v in params.items()}
+        values = {_key(k): redact(str(v))[:MAX_PARAM_VALUE] for k, v in params.items()}
         if self._resumed:
             # params are immutable in MLflow: send only new keys, report changed ones
             existing = self.client.get_run(self._run_id).data.params
@@ -405,5 +408,5 @@ class MlflowTracker:
 
 
 def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    text = redact(f"{type(exc).__name__}: {exc}")
     return text if len(text) <= 200 else text[:200] + "..."

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ssr.redact import redact, redact_values
+
 log = logging.getLogger(__name__)
 
 TRAIN_PREFIX = "train/"
@@ -67,7 +69,7 @@ class WandbTracker:
             name=run_name,
             job_type=job,
             tags=[job],
-            config=dict(config),
+            config=redact_values(config),
             reinit="create_new",
             settings=wandb.Settings(init_timeout=init_timeout),
         )
@@ -92,7 +94,7 @@ class WandbTracker:
         self.run.log(row)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self.run.config.update(dict(params), allow_val_change=True)
+        self.run.config.update(redact_values(params), allow_val_change=True)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         train = {k: float(v) for k, v in metrics.items() if k.startswith(TRAIN_PREFIX)}
@@ -138,7 +140,7 @@ class WandbTracker:
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.run.config.update(
-            {f"tags.{k}": str(v) for k, v in tags.items()}, allow_val_change=True
+            {f"tags.{k}": redact(str(v)) for k, v in tags.items()}, allow_val_change=True
         )
 
     def run_ids(self) -> dict[str, str]:
