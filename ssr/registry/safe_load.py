@@ -173,6 +173,22 @@ def resolve_alias(model_uri: str) -> str:
     return f"models:/{name}/{version}"
 
 
+def artifact_location(model_uri: str) -> str:
+    """Where a ``models:/`` URI's files are (registered version, alias or logged model id), so
+    that every download reads the same version; other URIs unchanged."""
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    try:
+        return ModelsArtifactRepository.get_underlying_uri(model_uri)
+    except MlflowException as exc:
+        raise RegistryError(f"{model_uri}: {exc.message}") from None
+    except Exception as exc:  # an unreachable server
+        raise RegistryError(f"{model_uri}: cannot resolve ({type(exc).__name__}: {exc})") from None
+
+
 def _cleanup(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -180,17 +196,19 @@ def _cleanup(path: Path) -> None:
 def fetch_checked(model_uri: str, dst: str | Path | None = None) -> Path:
     """A checked local copy of ``model_uri`` (or the folder itself when it is local).
 
-    A remote model's ``MLmodel`` and code file are downloaded and checked first; only then the
-    whole model, into ``dst`` (default: a temporary folder removed at exit), which is checked
-    again. Raises :class:`RegistryError` for anything :func:`check_mlmodel` refuses.
+    A ``models:/`` URI is resolved to its artifact location once. A remote model's ``MLmodel``
+    and code file are downloaded and checked first; only then the whole model, into ``dst``
+    (default: a temporary folder removed at exit), which is checked again. Raises
+    :class:`RegistryError` for anything :func:`check_mlmodel` refuses.
     """
-    if is_local(model_uri):
-        path = _local_path(model_uri)
+    location = artifact_location(model_uri)
+    if is_local(location):
+        path = _local_path(location)
         if not path.is_dir():
             raise RegistryError(f"{model_uri}: no such model folder")
         check_model_dir(path, model_uri)
         return path
-    base = resolve_alias(model_uri).rstrip("/")
+    base = location.rstrip("/")
     with tempfile.TemporaryDirectory(prefix="ssr-mlmodel-") as tmp:
         name = check_mlmodel(
             _read_mlmodel(_download(f"{base}/{MLMODEL}", Path(tmp)), model_uri), model_uri
