@@ -168,6 +168,11 @@ def test_scoring_server_classifies_raw_emg(
     assert list(served["label"]) == list(local["label"])
     np.testing.assert_allclose(served["confidence"], local["confidence"], rtol=1e-5)
 
+    # integer samples (ADC counts) as a hand-written payload would have them
+    counts = np.rint(recording * 100).astype(int).tolist()
+    status, body = _post(server, json.dumps({"dataframe_records": [{"emg": counts}]}))
+    assert status == 200 and body["predictions"][0]["label"] in champion.labels, body
+
     # the logged serving example and the split orientation work as they are
     example = Path(
         mlflow.artifacts.download_artifacts(f"{champion.uri}/serving_input_example.json")
@@ -188,6 +193,10 @@ def test_scoring_server_classifies_raw_emg(
         (lambda: _records(_emg(1.0), _emg(1.0, channels=9)), "row 1: 9 channels"),
         (lambda: json.dumps({"dataframe_records": [{"signal": [[0.5] * 8] * 300}]}), "emg"),
         (lambda: json.dumps({"dataframe_records": [{"emg": "0.1, 0.2"}]}), "emg"),
+        (
+            lambda: json.dumps({"dataframe_records": [{"emg": [[0.1] * 8] * 300 + [[0.1] * 7]}]}),
+            "row 0: emg is not a numeric (time, channels) array",
+        ),
     ],
     ids=[
         "wrong-channels",
@@ -199,6 +208,7 @@ def test_scoring_server_classifies_raw_emg(
         "bad-second-row",
         "no-emg",
         "emg-a-string",
+        "ragged",
     ],
 )
 def test_malformed_payloads_get_400_with_the_reason(server: str, payload, expected: str) -> None:

@@ -40,7 +40,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ColSpec, Schema, TensorSpec
+from mlflow.types.schema import AnyType, Array, ColSpec, Schema, TensorSpec
 
 import ssr
 from ssr.config import Config
@@ -118,7 +118,7 @@ def _checkpoint_parts(checkpoint: str) -> tuple[torch.nn.Module, Config, list[st
     return model.eval(), train_cfg, labels, dict(state.get("tracking") or {})
 
 
-def _input_example(split: ProcessedSplit) -> pd.DataFrame:
+def example_input(split: ProcessedSplit) -> pd.DataFrame:
     """A small raw-EMG example: synthetic noise shaped like the test recordings."""
     channels = int(split.manifest["num_channels"])
     pre = split.manifest["preprocessing"]
@@ -179,7 +179,10 @@ def log_classifier(
     name: str = "model",
 ) -> Any:
     """Log the raw-EMG pyfunc in the active run: as code (:data:`MODEL_CODE`), with the ``ssr``
-    package as ``code_paths`` and public pinned requirements; the ``ModelInfo``."""
+    package as ``code_paths`` and public pinned requirements; the ``ModelInfo``. Without a
+    ``signature``, one is inferred by running the model on ``input_example`` (if given)."""
+    if signature is None and input_example is not None:
+        signature = _pyfunc_signature(EmgClassifier(), artifacts, input_example)
     with tempfile.TemporaryDirectory(prefix="ssr-pyfunc-") as tmp:
         tmpdir = Path(tmp)
         model_code = tmpdir / MODEL_CODE_FILE
@@ -303,7 +306,7 @@ def register_model(
             MODEL_INFO: str(info_path),
             MANIFEST: str(manifest_path),
         }
-        example = _input_example(split)
+        example = example_input(split)
         signature = _pyfunc_signature(EmgClassifier(), artifacts, example)
         run_name = f"register-{Path(checkpoint).stem}"
         with mlflow.start_run(run_name=run_name) as run:
@@ -330,13 +333,24 @@ def register_model(
 def _pyfunc_signature(
     classifier: EmgClassifier, artifacts: dict[str, str], example: pd.DataFrame
 ) -> ModelSignature:
-    """Infer the output schema by running the model once on the example."""
+    """Inputs ``emg`` (an array: one entry per time step) and optional ``sampling_rate``; the
+    output schema inferred by running the model once on the example.
+
+    ``emg`` is ``Array(Any)``, not the inferred ``Array(Array(double))``: MLflow 3 enforces an
+    array of arrays element by element (a pandas Series per time step, about 0.15 s for a 2 s
+    recording, 10x the model itself on CPU) and refuses integer samples. The classifier checks
+    every row itself (numeric, 2-D, channels, finite, length) and answers with the row's
+    problem; MLflow still refuses an ``emg`` that is not an array.
+    """
     from mlflow.pyfunc import PythonModelContext
 
     classifier.load_context(PythonModelContext(artifacts=artifacts, model_config={}))
     output = classifier.predict(None, example)
     signature = infer_signature(example, output)
-    inputs = list(signature.inputs.inputs) + [ColSpec("double", "sampling_rate", required=False)]
+    inputs = [
+        ColSpec(Array(AnyType()), "emg"),
+        ColSpec("double", "sampling_rate", required=False),
+    ]
     return ModelSignature(inputs=Schema(inputs), outputs=signature.outputs)
 
 
