@@ -94,13 +94,16 @@ def run(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
     from ssr.registry.promote import promote, promote_across, rollback
-    from ssr.registry.register import connect
+    from ssr.registry.register import connect, tracking_uri
+    from ssr.tracking.store import require_store, wait_on_sqlite_locks
 
     cfg = config_from_args(args)
     if bool(args.source) != bool(args.target):
         raise ConfigError("--from and --to go together")
     if args.rollback and args.source:
         raise ConfigError("--rollback and --from/--to are separate operations")
+    require_store(tracking_uri(cfg))  # a registry that is not there is named, not created
+    wait_on_sqlite_locks()
     client = connect(cfg)
     try:
         if args.source:

@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from ssr.metrics import confusion_matrix
 from ssr.plots import plot_confusion_matrix
 from ssr.redact import redact
+from ssr.tracking.store import open_client, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,10 @@ def _safe_path(key: str) -> str:
 def local_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """Artifacts of a ``sqlite:///`` store go beside the database file, not in ``./mlruns``
     of whatever folder the run happened to start in; None for other stores (server default)."""
-    if not tracking_uri.startswith("sqlite:///"):
+    path = sqlite_path(tracking_uri)
+    if path is None:
         return None
-    db = Path(tracking_uri[len("sqlite:///") :]).resolve()
+    db = path.resolve()
     return (db.parent / "mlruns" / _safe_path(experiment)).as_uri()
 
 
@@ -145,7 +147,7 @@ class MlflowTracker:
         self.max_retry_after = max_retry_after
         self._failures = 0
         self.max_buffered_metrics = max_buffered_metrics
-        self.client = MlflowClient(tracking_uri)
+        self.client = open_client(tracking_uri)
         self._run_id: str | None = resume_run_id
         self._resumed = resume_run_id is not None
         self._queue: deque[_Op] = deque()
