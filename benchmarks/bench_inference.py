@@ -1,25 +1,41 @@
-"""Inference on raw EMG: latency per utterance and throughput of the shipped pyfunc model (CPU).
+"""Inference on raw EMG: latency per utterance and throughput of the shipped pyfunc model (CPU),
+in process and over HTTP.
 
-The path a user takes: ``mlflow.pyfunc.load_model(uri).predict(DataFrame({"emg": [...]}))``
-on 2 s, 8-channel recordings at 1000 Hz; the model filters, extracts features and classifies.
-Without ``--model-uri`` it logs the seed-sized and the small model (random weights: speed does
-not depend on them) with the processed data set's manifest to a throw-away SQLite MLflow store.
+In process: the path a Python user takes, ``load_pyfunc(uri)`` (the checked
+``mlflow.pyfunc.load_model``) then ``.predict(DataFrame({"emg": [...]}))`` on 2 s, 8-channel
+recordings at 1000 Hz; the model filters, extracts features and classifies. Over HTTP: the same
+model behind ``ssr serve`` (MLflow's scoring server, one uvicorn worker) on a loopback port,
+one ``POST /invocations`` per call with the JSON a client sends
+(``{"dataframe_records": [{"emg": [[...], ...]}]}``, encoded before timing), measured from the
+request until the parsed response. Without ``--model-uri`` it logs the seed-sized and the small
+model (random weights: speed does not depend on them) with the processed data set's manifest
+to a throw-away SQLite MLflow store, the way ``ssr register`` logs them (as code).
 
     .venv/bin/python benchmarks/bench_inference.py
     .venv/bin/python benchmarks/bench_inference.py --quick
     .venv/bin/python benchmarks/bench_inference.py --model-uri models:/ssr-emg/1   # yours
+    .venv/bin/python benchmarks/bench_inference.py --no-http    # in process only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from common import (
+    REPO,
     SMALL_MODEL,
     BenchData,
     add_common_args,
@@ -40,10 +56,10 @@ def log_random_model(data: BenchData, overrides: list[str], workdir: Path, name:
     import torch
     from safetensors.torch import save_file
 
-    from ssr.data.processed import read_manifest
+    from ssr.data.processed import ProcessedSplit, read_manifest
     from ssr.model import build_model
-    from ssr.registry.pyfunc_model import MANIFEST, MODEL_INFO, WEIGHTS, EmgClassifier
-    from ssr.registry.register import pip_requirements
+    from ssr.registry.pyfunc_model import MANIFEST, MODEL_INFO, WEIGHTS
+    from ssr.registry.register import example_input, log_classifier
 
     cfg = data.config(overrides)
     manifest = read_manifest(data.processed_dir)
@@ -63,12 +79,10 @@ def log_random_model(data: BenchData, overrides: list[str], workdir: Path, name:
         MANIFEST: str(files / "manifest.json"),
     }
     with mlflow.start_run(run_name=f"bench-{name}"):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=EmgClassifier(),
-            artifacts=artifacts,
-            pip_requirements=pip_requirements(),
-        )
+        # with a signature and input example, as `ssr register` logs it: the scoring server
+        # enforces that signature, so the HTTP timings include it
+        example = example_input(ProcessedSplit(data.processed_dir, "test"))
+        info = log_classifier(artifacts, input_example=example)
     return info.model_uri
 
 
@@ -113,12 +127,97 @@ def bench_model(
     ]  # fmt: skip
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def scoring_server(uri: str, log: Path, threads: int | None) -> Iterator[tuple[str, float]]:
+    """``ssr serve`` of ``uri`` on a free loopback port: its URL and the seconds to /health."""
+    port = _free_port()
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, "-m", "ssr", "serve", "--model", uri, "--port", str(port)]
+    start = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"ssr serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+                )
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.perf_counter() - start > 300:
+                    raise RuntimeError("ssr serve did not answer /health within 300 s") from None
+                time.sleep(0.2)
+        yield url, time.perf_counter() - start
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _post(url: str, body: bytes) -> list[dict[str, Any]]:
+    request = urllib.request.Request(
+        f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())["predictions"]
+
+
+def bench_http(
+    uri: str,
+    label: str,
+    emgs: list[Any],
+    repeats: int,
+    batch: int,
+    batch_repeats: int,
+    log: Path,
+    threads: int | None,
+    in_process_p50: dict[str, float],
+) -> tuple[list[list[str]], float, float]:
+    """Rows: per-request latency and throughput over HTTP; the server's start time (s) and the
+    size of a one-recording request (kB)."""
+    singles = [json.dumps({"dataframe_records": [{"emg": e.tolist()}]}).encode() for e in emgs]
+    many = json.dumps(
+        {"dataframe_records": [{"emg": emgs[i % len(emgs)].tolist()} for i in range(batch)]}
+    ).encode()
+    with scoring_server(uri, log, threads) as (url, started):
+        it = iter(range(10**9))
+
+        def one() -> None:
+            assert len(_post(url, singles[next(it) % len(singles)])) == 1
+
+        single = time_calls(one, repeats, warmup=2)
+        batched = time_calls(lambda: _post(url, many), batch_repeats, warmup=1)
+    rows = []
+    for size, timing, calls in ((1, single, repeats), (batch, batched, batch_repeats)):
+        p50 = 1000 * timing.percentile(50)
+        rows.append([
+            label, str(size), f"{p50:.1f}", f"{1000 * timing.percentile(95):.1f}",
+            f"{size * calls / timing.total:.1f}", f"{p50 - in_process_p50[str(size)]:+.1f}",
+        ])  # fmt: skip
+    return rows, started, len(singles[0]) / 1000
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--model-uri", default=None, help="benchmark this logged/registered model")
     parser.add_argument("--repeats", type=int, default=None, help="single-utterance calls (100)")
     parser.add_argument("--batch", type=int, default=None, help="rows per batched call (32)")
+    parser.add_argument("--no-http", action="store_true", help="skip the scoring-server runs")
     args = parser.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 100)
     batch_repeats = 1 if args.quick else 10
@@ -149,9 +248,21 @@ def main(argv: list[str] | None = None) -> int:
             targets = {
                 log_random_model(data, ov, work, name): label for name, (ov, label) in sizes.items()
             }
-        rows = []
+        rows, http_rows, starts = [], [], []
         for uri, label in targets.items():
-            rows += bench_model(uri, label, emgs, repeats, batch, batch_repeats)
+            local = bench_model(uri, label, emgs, repeats, batch, batch_repeats)
+            rows += local
+            if args.no_http:
+                continue
+            if not args.model_uri:  # ssr serve reads the throw-away store
+                os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+            p50 = {r[1]: float(r[2]) for r in local}
+            log = work / f"serve-{len(starts)}.log"
+            got, started, kb = bench_http(
+                uri, label, emgs, repeats, batch, batch_repeats, log, args.threads, p50
+            )
+            http_rows += got
+            starts.append(f"{label.split(' (')[0]} {started:.1f} s")
     print(
         f"input: {SECONDS:g} s x 8 channels raw EMG at 1000 Hz per utterance (DataFrame 'emg' "
         f"column) through mlflow.pyfunc.load_model(...).predict; {repeats} single calls, "
@@ -162,6 +273,18 @@ def main(argv: list[str] | None = None) -> int:
          "feature extraction share"],
         rows, [False, True, True, True, True, True],
     )  # fmt: skip
+    if http_rows:
+        print(
+            f"\nover HTTP: ssr serve (MLflow's scoring server, 1 uvicorn worker) on loopback, "
+            f"one POST /invocations per call ({kb:.0f} kB of JSON per recording, encoded "
+            f"before timing); server start to /health: {', '.join(starts)}; overhead = HTTP "
+            "p50 - in-process p50"
+        )
+        print_table(
+            ["model", "rows per request", "p50 latency (ms)", "p95 latency (ms)",
+             "utterances/s", "HTTP overhead at p50 (ms)"],
+            http_rows, [False, True, True, True, True, True],
+        )  # fmt: skip
     return 0
 
 

@@ -69,6 +69,9 @@ def test_inference_quick() -> None:
     rows = table(out, "model | batch")
     single = next(r for r in rows if r[1] == "1")
     assert 0 < float(single[2]) <= float(single[3])  # p50 <= p95
+    http = table(out, "model | rows per request")  # the same model behind ssr serve
+    assert [r[1] for r in http] == ["1", "8"]
+    assert 0 < float(http[0][2]) <= float(http[0][3])
 
 
 def test_quality_quick() -> None:
