@@ -118,7 +118,27 @@ def summarize(root: Path, elapsed: float, model_name: str) -> dict[str, Any]:
     summary["registered_version"] = _task_output(run_dir / "register")
     summary["model_name"] = model_name
     summary["mlflow_tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI")
+    if summary["registered_version"]:
+        summary.update(gate_outcome(model_name, str(summary["registered_version"])))
     return summary
+
+
+def gate_outcome(model_name: str, version: str) -> dict[str, str]:
+    """``gate`` (promoted or rejected) and ``gate_reason`` of a registered version, from the
+    decision tags the gate wrote on it; empty when they cannot be read."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        tags = MlflowClient().get_model_version(model_name, version).tags
+    except Exception:  # the summary must not fail on the tracking server
+        return {}
+    decision = tags.get("gate.decision")
+    if decision not in ("promote", "reject"):
+        return {}
+    return {
+        "gate": "promoted" if decision == "promote" else "rejected",
+        "gate_reason": tags.get("gate.reason", ""),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,10 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     print("\n=== ssr local pipeline run ===")
     print(json.dumps(summary, indent=2))
     if summary.get("registered_version"):
-        print(
-            f"\nRegistered {summary['model_name']} version {summary['registered_version']}."
-            f" Browse it with: make mlflow-ui  (MLflow at {summary['mlflow_tracking_uri']})"
-        )
+        version = f"{summary['model_name']} version {summary['registered_version']}"
+        if summary.get("gate") == "promoted":
+            print(f"\nRegistered {version}: promoted to champion ({summary['gate_reason']}).")
+        elif summary.get("gate") == "rejected":
+            print(
+                f"\nRegistered {version}: rejected by the promotion gate, the champion stays "
+                f"({summary['gate_reason']})."
+            )
+        else:
+            print(f"\nRegistered {version}.")
+        print(f"Browse it with: make mlflow-ui  (MLflow at {summary['mlflow_tracking_uri']})")
     else:
         print("\nNothing registered: the model did not pass the accuracy gate.")
     return 0

@@ -14,12 +14,11 @@ from mlflow.tracking import MlflowClient
 
 from ssr.tracking.store import require_store
 
-pytestmark = pytest.mark.slow  # six Python processes importing torch and MLflow
-
 RUNS = 6
 METRICS = {"train/loss", "train/lr", "val/loss", "val/accuracy", "val/macro_f1", "lr", "epoch"}
 
 
+@pytest.mark.slow  # six Python processes importing torch and MLflow
 def test_six_concurrent_trainings_share_a_new_sqlite_store(tmp_path: Path) -> None:
     processed = make_processed(tmp_path / "processed", n_classes=2, per_class=4)
     db = tmp_path / "store" / "mlflow.db"
@@ -67,3 +66,15 @@ def test_a_missing_local_store_is_named_not_created(tmp_path: Path) -> None:
     with pytest.raises(TrackingError, match=f"no MLflow database at {db}"):
         require_store(f"sqlite:///{db}")
     assert not db.exists() and not db.parent.exists()
+
+
+def test_promote_names_a_missing_local_registry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ssr.cli import main
+
+    db = tmp_path / "elsewhere" / "mlflow.db"
+    assert main(["promote", f"tracking.mlflow.tracking_uri=sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err
+    assert f"sqlite:///{db}: no MLflow database at {db}" in err
+    assert not db.exists()

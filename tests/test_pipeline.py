@@ -293,6 +293,9 @@ def test_local_run_from_python_registers_a_version(tracking_env, tmp_path):
     # The gate ran once; two epochs of a tiny model need not beat the linear baseline.
     action = versions[0].tags["pipeline.gate_action"]
     assert action in {"promote", "reject"}
+    # the summary says which, and why
+    assert summary["gate"] == {"promote": "promoted", "reject": "rejected"}[action]
+    assert summary["gate_reason"] == versions[0].tags["gate.reason"] != ""
     client = MlflowClient(tracking_env.uri)
     if action == "promote":
         assert client.get_model_version_by_alias(name, "champion").version == versions[0].version

@@ -363,6 +363,11 @@ def test_cli_promote_and_predict(
     assert main(["promote", "--dry-run", *overrides]) == 0
     out = capsys.readouterr().out
     assert "dry run" in out and "accuracy" in out
+    # a rejection has its own exit status, with the reason on stdout
+    strict = ["registry.min_accuracy=1.0", "registry.baseline_margin=1.0"]
+    assert main(["promote", "--dry-run", *overrides, *strict]) == 3
+    out = capsys.readouterr().out
+    assert "keep the champion (rejected)" in out and "reason" in out
     assert alias_version(registry, name, CHAMPION) is None
     assert main(["promote", *overrides]) == 0
     assert alias_version(registry, name, CHAMPION) == "1"

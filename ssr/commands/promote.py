@@ -13,6 +13,8 @@ from ssr.errors import ConfigError, RegistryError
 if TYPE_CHECKING:
     from ssr.registry.promote import PromotionResult
 
+REJECTED = 3  # exit status when the gate rejects the candidate
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -21,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Score challenger and champion on the same test split "
         "(data.processed_dir), apply the gate (registry.min_accuracy, registry.margin, "
         "McNemar exact test at registry.p_value) and move the champion alias if it passes. "
-        "The decision is tagged on both versions.",
+        "The decision is tagged on both versions. Exit status: 0 promoted (or nothing to do), "
+        f"{REJECTED} the gate rejected the candidate (also with --dry-run), 2 an error.",
     )
     add_config_args(parser)
     parser.add_argument("--model-name", default=None, help="default: registry.model_name")
@@ -131,4 +134,4 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(result), indent=2))
     else:
         print(format_result(result))
-    return 0
+    return REJECTED if result.action == "reject" else 0
