@@ -211,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
     test_sessions = opts.num_test_sessions
     print(
-        f"data: synthetic, {opts.vocab} words ({round(opts.permuted * opts.vocab)} of them "
-        f"another word's gestures reordered; chance {100 / opts.vocab:.0f}%), "
+        f"data: synthetic, {opts.vocab} words (--permuted {opts.permuted:g}: up to "
+        f"{round(opts.permuted * opts.vocab)} of them another word's gestures reordered; chance "
+        f"{100 / opts.vocab:.0f}%), "
         f"{opts.train_sessions} train / {opts.sessions - opts.train_sessions - test_sessions} "
         f"val / {test_sessions} test sessions, test sessions unseen in training; "
         f"data seeds {' '.join(map(str, args.seeds))}"
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 _pct(min(accs)),
                 f"{statistics.mean(per_seed[s]['macro_f1'] for s in args.seeds):.3f}",
                 "-" if name == STRONG else f"{100 * min(gains):+.1f}",
-                f"{statistics.mean(per_seed[s]['seconds'] for s in args.seeds):.0f}",
+                f"{statistics.mean(per_seed[s]['seconds'] for s in args.seeds):.1f}",
                 "/".join(map(str, epochs)) if epochs else "-",
             ]
         )
