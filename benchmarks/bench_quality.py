@@ -23,6 +23,7 @@ baseline on any seed.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -119,11 +120,16 @@ def strong_baseline(data: BenchData) -> dict[str, float]:
 
 
 def transformer(data: BenchData, config: Path, extra: list[str], work: Path) -> dict[str, float]:
-    """Train ``config`` on ``data`` with the project's trainer; score the best checkpoint."""
+    """Train ``config`` on ``data`` with the project's trainer; score the best checkpoint.
+
+    ``work`` is this run's scratch folder: a previous run's checkpoints there are removed, so a
+    kept ``--workdir`` trains afresh instead of being refused as another training's folder.
+    """
     from ssr.evaluation import evaluate
     from ssr.tracking.base import NullTracker
     from ssr.training import run_training
 
+    shutil.rmtree(work, ignore_errors=True)
     cfg = data.config(
         [
             *extra,
