@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ import ssr
 import ssr.commands
 from ssr.config import Config, load_config
 from ssr.errors import SSRError
+from ssr.progress import interactive
 from ssr.redact import RedactingFilter, redact
 
 log = logging.getLogger("ssr")
@@ -58,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for handler in logging.getLogger().handlers:  # passwords in URLs never reach the log
         handler.addFilter(RedactingFilter())
+    if not interactive():  # no bar redrawn line by line into a log file (MLflow's included)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         result = args.func(args)
     except SSRError as exc:

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ssr.baseline import score_baseline
 from ssr.data.processed import ProcessedSplit, collate
@@ -29,6 +28,7 @@ from ssr.metrics import (
     per_class_metrics,
 )
 from ssr.plots import plot_confusion_matrix
+from ssr.progress import progress_bar
 from ssr.report import render_report
 from ssr.tracking.base import NullTracker, Tracker
 
@@ -47,7 +47,7 @@ def predict(
     """Run ``model`` over ``loader``: per-utterance loss, true label, prediction, confidence."""
     model.eval()
     losses, trues, preds, confs = [], [], [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=desc is None):
+    for batch in progress_bar(loader, desc=desc, leave=False, disable=desc is None):
         batch = batch.to(device, non_blocking=True)
         if autocast_dtype is None:
             logits = model(batch.x, batch.padding_mask())
@@ -125,6 +125,7 @@ def evaluate(
     batch_size: int = 64,
     device: str | torch.device = "auto",
     baseline: bool = True,
+    state: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Score ``checkpoint`` on ``split`` of ``processed_dir``; write metrics.json,
     confusion_matrix.png, predictions.json and report.html to ``out_dir``.
@@ -132,14 +133,16 @@ def evaluate(
     The model is rebuilt from the config stored in the checkpoint. The loss is plain
     cross-entropy (no label smoothing), so it is comparable across training configs. With
     ``baseline``, :mod:`ssr.baseline` is fitted on the train split and scored on the same
-    split (``metrics.json``'s ``baseline``, tracked as ``{split}/baseline_*``).
+    split (``metrics.json``'s ``baseline``, tracked as ``{split}/baseline_*``). ``state`` is
+    the checkpoint already loaded, if the caller has it.
     """
     # ssr.training imports this module, so its parts are imported here, not at the top.
     from ssr.training.checkpoint import check_features, load_checkpoint, restore_model
     from ssr.training.runtime import select_device
 
     tracker = tracker or NullTracker()
-    state = load_checkpoint(checkpoint)
+    if state is None:
+        state = load_checkpoint(checkpoint)
     model, _, labels = restore_model(state, checkpoint)
     data = ProcessedSplit(processed_dir, split)
     if data.label_names != labels:

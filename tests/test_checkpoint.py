@@ -109,7 +109,7 @@ def _bigger_weights() -> dict:
         ({"labels": "abc"}, "'labels' must be a non-empty list of strings, got str"),
         ({"labels": [1, 2, 3]}, "'labels' must be a non-empty list of strings"),
         ({"labels": ["a", "a", "b"]}, "'labels' holds duplicates"),
-        ({"config": "model: x"}, "'config' is not a mapping"),
+        ({"config": "model: x"}, "'config' is missing or not a mapping"),
         ({"config": {"training": {"batch_size": True}}}, "training.batch_size"),
         (
             {"labels": ["a", "b"]},

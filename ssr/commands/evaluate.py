@@ -29,8 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from ssr.evaluation import default_out_dir, evaluate
     from ssr.storage import localize
     from ssr.tracking.base import open_tracker
+    from ssr.training.checkpoint import load_checkpoint, stored_config
 
     cfg = config_from_args(args)
+    state = load_checkpoint(args.checkpoint, cfg.storage)
+    # the run is named after (and logs) the model evaluated: the checkpoint's, not the CLI's
+    cfg = cfg.model_copy(update={"model": stored_config(state, args.checkpoint).model})
     # An s3:// data set is mirrored into the local cache (only changed objects are fetched);
     # the config, as logged, keeps the URI the user gave.
     data = str(localize(cfg.data.processed_dir, cfg.storage.cache_dir, cfg.storage))
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
             tracker=tracker,
             batch_size=cfg.training.batch_size,
             device=cfg.training.device,
+            state=state,
         )
         status = "FINISHED"
     finally:

@@ -27,6 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "complete one named by latest.json in training.checkpoint_dir, else starts fresh. "
         "On SIGTERM, training checkpoints after the current step and exits with 143",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start fresh even if training.checkpoint_dir holds another run's checkpoints "
+        "(they are deleted first); without it, or --resume, such a folder is refused",
+    )
     parser.set_defaults(func=run)
 
 
@@ -34,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ssr.training import run_training
 
     cfg = config_from_args(args)
-    result = run_training(cfg, resume=args.resume)
+    result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     log.info(
         "done after %d epochs%s: best val loss %.4f at epoch %d; best checkpoint %s",
         result.epochs_run,

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from tqdm import tqdm
 
 from ssr.errors import DataError
 from ssr.fsutil import atomic_path
+from ssr.progress import progress_bar
 
 Format = Literal["native", "gaddy"]
 GADDY_SAMPLING_RATE = 1000.0
@@ -118,7 +118,7 @@ def read_native(path: str | os.PathLike[str]) -> Utterance:
 
 
 def _progress(items: list[Path], desc: str | None) -> Any:
-    return tqdm(items, desc=desc, unit="file", disable=desc is None, leave=False)
+    return progress_bar(items, desc=desc, unit="file", disable=desc is None, leave=False)
 
 
 def read_native_dir(root: str | os.PathLike[str], progress: str | None = None) -> list[Utterance]:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 import ssr
 from ssr.config import Config
@@ -33,6 +32,7 @@ from ssr.data.fingerprint import Fingerprint
 from ssr.data.formats import Utterance, iter_dir
 from ssr.data.processed import SPLITS, SplitStream, write_processed
 from ssr.errors import DataError
+from ssr.progress import progress_bar
 from ssr.storage import is_s3, localize, publish
 
 __all__ = [
@@ -260,7 +260,7 @@ def _from_spill(
     total = sum(u.samples for u in scan.utterances)
     filtered = np.memmap(spill, dtype=np.float32, mode="r", shape=(total, channels))
     offset = 0
-    for info in tqdm(scan.utterances, desc="features train", unit="utt", leave=False):
+    for info in progress_bar(scan.utterances, desc="features train", unit="utt", leave=False):
         yield extractor.features_from_filtered(np.asarray(filtered[offset : offset + info.samples]))
         offset += info.samples
     del filtered

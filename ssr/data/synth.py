@@ -32,11 +32,11 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy import signal
-from tqdm import tqdm
 
 from ssr.data.formats import write_gaddy, write_native
 from ssr.errors import ConfigError, DataError
 from ssr.fsutil import atomic_dir
+from ssr.progress import progress_bar
 
 WORDS = (
     "yes", "no", "up", "down", "left", "right", "stop", "go", "on", "off",
@@ -380,7 +380,7 @@ def generate(
         for name, ids in _split_sessions(opts).items()
     }
     total = sum(len(v) for v in plan.values())
-    with atomic_dir(out) as tmp, tqdm(total=total, desc="synth", unit="utt") as bar:
+    with atomic_dir(out) as tmp, progress_bar(total=total, desc="synth", unit="utt") as bar:
         for s, session in enumerate(sessions):
             split = split_of[s]
             folder = tmp / split / f"session{s:02d}"

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from boto3.s3.transfer import TransferConfig
-from tqdm import tqdm
 
 from ssr.config import StorageConfig
 from ssr.errors import StorageError
 from ssr.fsutil import atomic_dir, atomic_path
+from ssr.progress import progress_bar
 from ssr.storage import s3
 from ssr.storage.s3 import ObjectNotFoundError, PreconditionFailedError
 from ssr.storage.uri import S3Location, is_s3, join, parse_s3
@@ -365,7 +365,9 @@ def upload_dir(
             continue
         todo.append(name)
     total = sum(files[n].stat().st_size for n in todo)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {uri}", leave=False) as bar:
+    with progress_bar(
+        total=total, unit="B", unit_scale=True, desc=f"upload {uri}", leave=False
+    ) as bar:
         for name in todo:
             upload_file(files[name], join(uri, name), storage, progress=bar.update)
     return len(todo)
@@ -396,7 +398,9 @@ def download_dir(
         or (root / o.name).stat().st_size != o.size
     ]
     total = sum(o.size for o in todo)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {uri}", leave=False) as bar:
+    with progress_bar(
+        total=total, unit="B", unit_scale=True, desc=f"download {uri}", leave=False
+    ) as bar:
         for obj in todo:
             download_to(obj.uri, root / obj.name, storage, progress=bar.update)
             marker[obj.name] = obj.etag or ""

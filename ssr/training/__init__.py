@@ -13,6 +13,8 @@ from typing import Any
 from ssr.config import Config
 from ssr.data.processed import MANIFEST, read_manifest
 from ssr.errors import CheckpointError
+from ssr.storage.objects import delete, list_objects
+from ssr.storage.pointer import read_pointer
 from ssr.tracking.base import Tracker, open_tracker
 from ssr.tracking.context import data_fingerprint
 from ssr.training import distributed
@@ -29,6 +31,7 @@ __all__ = [
     "EarlyStopping",
     "TrainResult",
     "Trainer",
+    "check_checkpoint_dir",
     "check_resume_identity",
     "find_resume",
     "load_checkpoint",
@@ -95,13 +98,56 @@ def check_resume_identity(cfg: Config, state: dict[str, Any], source: str) -> No
         )
 
 
+def check_checkpoint_dir(cfg: Config, overwrite: bool = False, rank: int = 0) -> None:
+    """Refuse to start a fresh training in a ``training.checkpoint_dir`` that holds another
+    run's checkpoints (``latest.json`` or ``*.pth``), naming the folder and what is there.
+
+    With ``overwrite`` they are deleted first (by rank 0), so no old checkpoint is left beside
+    the new run's.
+    """
+    directory = cfg.training.checkpoint_dir
+    found = [
+        o
+        for o in list_objects(directory, cfg.storage)
+        if o.name == "latest.json" or o.name.endswith(".pth")
+    ]
+    if not found:
+        return
+    if overwrite:
+        if rank == 0:
+            for obj in found:
+                delete(obj.uri, cfg.storage)
+            log.warning("--overwrite: deleted %d checkpoint file(s) in %s", len(found), directory)
+        return
+    pointer = read_pointer(directory, cfg.storage)
+    if pointer is not None:
+        p = pointer[0]
+        runs = ", ".join(f"{k} {v}" for k, v in sorted(p.run_ids.items())) or "no tracking ids"
+        what = f"a run at epoch {p.epoch} ({runs})"
+    else:
+        what = f"{len(found)} checkpoint file(s), e.g. {found[0].name}"
+    raise CheckpointError(
+        f"{directory}: holds checkpoints of another training, {what}; continue it with "
+        "--resume auto, replace it with --overwrite, or set another training.checkpoint_dir"
+    )
+
+
 def run_training(
-    cfg: Config, resume: str | None = None, tracker: Tracker | None = None
+    cfg: Config,
+    resume: str | None = None,
+    tracker: Tracker | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train as ``ssr train`` does: open the tracker (continuing the runs stored in the
-    resume checkpoint), fit, and finish the tracker with the outcome."""
-    state, path = resolve_resume(cfg, resume)
+    resume checkpoint), fit, and finish the tracker with the outcome.
+
+    Without ``resume``, a checkpoint directory holding another run's checkpoints is refused
+    unless ``overwrite`` (see :func:`check_checkpoint_dir`).
+    """
     info = distributed.env_info()
+    if resume is None:
+        check_checkpoint_dir(cfg, overwrite, info.rank)
+    state, path = resolve_resume(cfg, resume)
     own = tracker is None
     if tracker is None:
         ids = dict(state.get("tracking", {})) if state else None

@@ -229,6 +229,16 @@ def load_weights(model: torch.nn.Module, weights: Any, source: str) -> None:
         raise CheckpointError(f"{source}: weights do not fit the stored config: {first}") from None
 
 
+def stored_config(state: dict[str, Any], source: str) -> Config:
+    """The validated training config stored in a checkpoint (CheckpointError if unusable)."""
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{source}: 'config' is missing or not a mapping")
+    try:
+        return config_from_dict(state["config"], f"{source} (stored config)")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
 def restore_model(state: dict[str, Any], source: str) -> tuple[torch.nn.Module, Config, list[str]]:
     """Rebuild the model of a training checkpoint from its stored config and weights.
 
@@ -240,12 +250,7 @@ def restore_model(state: dict[str, Any], source: str) -> tuple[torch.nn.Module, 
     for key in ("model", "config", "labels"):
         if key not in state:
             raise CheckpointError(f"{source}: not an ssr training checkpoint (no {key!r})")
-    if not isinstance(state["config"], dict):
-        raise CheckpointError(f"{source}: 'config' is not a mapping")
-    try:
-        cfg = config_from_dict(state["config"], f"{source} (stored config)")
-    except ConfigError as exc:
-        raise CheckpointError(str(exc)) from None
+    cfg = stored_config(state, source)
     labels = checkpoint_labels(state, source)
     model = build_model(cfg.model, len(labels))
     load_weights(model, state["model"], source)

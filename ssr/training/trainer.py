@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
-from tqdm import tqdm
 
 from ssr.config import Config
 from ssr.data.processed import ProcessedSplit, collate
@@ -29,6 +28,7 @@ from ssr.evaluation import predict
 from ssr.metrics import accuracy, confusion_matrix, macro_f1
 from ssr.model import build_model, parameter_count
 from ssr.plots import plot_confusion_matrix, plot_predictions
+from ssr.progress import progress_bar
 from ssr.storage import (
     CheckpointPublisher,
     download_to,
@@ -331,7 +331,7 @@ class Trainer:
             total, count = float(progress["loss_total"]), int(progress["loss_count"])
             log.info("epoch %d: continuing after batch %d", self.epoch, skip)
         self._epoch_start = (self.sampler_generator.get_state(), self.loader_generator.get_state())
-        bar = tqdm(
+        bar = progress_bar(
             self.train_loader,
             desc=f"epoch {self.epoch}/{tc.num_epochs}",
             leave=False,

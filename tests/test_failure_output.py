@@ -1,0 +1,87 @@
+"""What a user sees when things go wrong or run unattended: no progress-bar spam in logs,
+no silently mixed checkpoint folders, evaluation runs named after the model evaluated."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers_data import make_processed, tiny_overrides
+from wandb_offline import offline_runs
+
+from ssr.cli import main
+from ssr.progress import interactive, progress_bar
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_processed(tmp_path_factory.mktemp("data") / "processed", n_classes=2, per_class=4)
+
+
+def test_no_progress_bars_when_output_is_not_a_terminal(processed: Path, tmp_path: Path) -> None:
+    args = tiny_overrides(processed, tmp_path, training__num_epochs=2)
+    env = {k: v for k, v in os.environ.items() if k != "SSR_PROGRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssr", "train", *args],
+        capture_output=True,
+        text=True,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr[-2000:]
+    epochs = [line for line in proc.stderr.splitlines() if ": train loss " in line]
+    assert len(epochs) == 2 and "epoch 1:" in epochs[0] and "epoch 2:" in epochs[1]
+
+
+def test_progress_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSR_PROGRESS", "1")
+    assert interactive() and not progress_bar(range(3), desc="x").disable
+    monkeypatch.setenv("SSR_PROGRESS", "0")
+    assert not interactive() and progress_bar(range(3), desc="x").disable
+    monkeypatch.delenv("SSR_PROGRESS")
+    assert not interactive()  # pytest captures stderr: not a terminal
+
+
+def test_second_training_into_a_used_checkpoint_dir(
+    processed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = tiny_overrides(processed, tmp_path, training__num_epochs=2)
+    assert main(["train", *first]) == 0
+    ckdir = tmp_path / "checkpoints"
+    assert (ckdir / "checkpoint_epoch_2.pth").is_file()
+    before = sorted(p.name for p in ckdir.rglob("*") if p.is_file())
+    capsys.readouterr()
+
+    second = tiny_overrides(processed, tmp_path, training__num_epochs=1, training__seed=7)
+    assert main(["train", *second]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ssr train: error: {ckdir}: holds checkpoints of another training")
+    assert "a run at epoch 2" in err and "--resume auto" in err and "--overwrite" in err
+    assert sorted(p.name for p in ckdir.rglob("*") if p.is_file()) == before  # untouched
+
+    assert main(["train", *second, "--overwrite"]) == 0
+    assert not (ckdir / "checkpoint_epoch_2.pth").exists()  # nothing of the old run is left
+    from ssr.training.checkpoint import load_checkpoint
+
+    assert load_checkpoint(str(ckdir / "last.pth"))["epoch"] == 1
+
+
+def test_evaluate_run_is_named_after_the_checkpoints_model(processed: Path, tmp_path: Path) -> None:
+    args = tiny_overrides(processed, tmp_path, training__num_epochs=1)
+    assert main(["train", *args]) == 0
+    best = str(tmp_path / "checkpoints" / "best_model.pth")
+    # the CLI config has the embedded model (hidden 256, 6 layers); the checkpoint h16, l1
+    cli = [f"data.processed_dir={processed}", "training.device=cpu", "model.input_size=8"]
+    cli += ["tracking.mlflow.enabled=false", "tracking.wandb.mode=offline"]
+    out = str(tmp_path / "ev")
+    assert main(["evaluate", "--checkpoint", best, "--out", out, *cli]) == 0
+    (run,) = [r for r in offline_runs(tmp_path) if r.config.get("tags.job") == "evaluate"]
+    assert run.display_name.startswith("evaluate-h16-l1-"), run.display_name
+    assert run.config["model.hidden_size"] == 16
