@@ -99,7 +99,8 @@ def run_direct(workdir: Path, epochs: int, synth: list[str]) -> dict[str, float]
         for args in commands:
             proc = subprocess.run([sys.executable, "-m", "ssr", *args], cwd=REPO, env=env,
                                   capture_output=True, text=True, check=False)  # fmt: skip
-            if proc.returncode != 0:
+            # ssr promote exits 3 when the gate rejects: an outcome, not a failure
+            if proc.returncode != 0 and not (args[0] == "promote" and proc.returncode == 3):
                 raise SystemExit(
                     f"ssr {args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
                 )

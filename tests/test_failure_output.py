@@ -85,3 +85,13 @@ def test_evaluate_run_is_named_after_the_checkpoints_model(processed: Path, tmp_
     (run,) = [r for r in offline_runs(tmp_path) if r.config.get("tags.job") == "evaluate"]
     assert run.display_name.startswith("evaluate-h16-l1-"), run.display_name
     assert run.config["model.hidden_size"] == 16
+
+
+def test_mlflow_artifact_bars_are_off_when_not_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    monkeypatch.delenv("SSR_PROGRESS", raising=False)
+    db = tmp_path / "none" / "mlflow.db"
+    assert main(["promote", f"tracking.mlflow.tracking_uri=sqlite:///{db}"]) == 2
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
