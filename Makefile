@@ -196,3 +196,7 @@ k8s-render-serving: ## render k8s/serving (the model server) to build/k8s/servin
 	@echo "$(K8S_RENDER_DIR)/serving.yaml"
 # `make k8s-render` renders the serving manifests too.
 k8s-render: k8s-render-serving
+
+.PHONY: push-serve
+push-serve: ## push SERVE_IMAGE (make image-serve builds it)
+	$(DOCKER) push $(SERVE_IMAGE)
