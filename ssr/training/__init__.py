@@ -68,23 +68,22 @@ def resolve_resume(cfg: Config, resume: str | None) -> tuple[dict[str, Any] | No
 def check_resume_identity(cfg: Config, state: dict[str, Any], source: str) -> None:
     """Refuse to continue a checkpoint of other data or of another run.
 
-    The data fingerprint and the feature hash of the checkpoint must equal those of the
-    manifest of ``data.processed_dir`` (skipped when either is unknown, e.g. a remote data
-    set). When
+    The data fingerprint, then the feature hash, of the checkpoint must equal those of the
+    manifest of ``data.processed_dir`` (skipped when unknown, e.g. a remote data set). When
     ``training.run_id`` is set (the pipeline sets it to its run id), the checkpoint must carry
     the same ``training.run_id`` in its stored config.
     """
     stored = str(state.get("data_fingerprint") or "")
     current = data_fingerprint(cfg.data.processed_dir)
-    local = cfg.data.processed_dir
-    if "://" not in local and (Path(local) / MANIFEST).is_file():
-        check_features(state, read_manifest(local), source, local)
     if stored and current and stored != current:
         raise CheckpointError(
             f"{source}: trained on data with fingerprint {stored}, but "
             f"{cfg.data.processed_dir} has fingerprint {current}; refusing to resume "
             "(use another training.checkpoint_dir or start without --resume)"
         )
+    local = cfg.data.processed_dir
+    if "://" not in local and (Path(local) / MANIFEST).is_file():
+        check_features(state, read_manifest(local), source, local)
     run_id = cfg.training.run_id
     if run_id is None:
         return
