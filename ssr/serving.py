@@ -11,10 +11,14 @@ Endpoints (MLflow's): ``POST /invocations`` (JSON ``{"dataframe_records": [{"emg
 ...]}]}``, one record per recording of (time, channels) samples), ``GET /health`` and
 ``GET /ping`` (200 once the model is loaded), ``GET /version``. Input the model cannot use gets
 HTTP 400 with a message naming the row (see :class:`~ssr.registry.pyfunc_model.InvalidInputError`).
+
+``python -m ssr.serving [--model URI] [--host H] [--port P]`` is ``ssr serve`` without the rest
+of the CLI: it imports only what serving needs (the serve image's entry point).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shlex
@@ -96,3 +100,36 @@ def serve(
 def default_workers() -> int:
     """``SSR_SERVE_WORKERS`` or 1."""
     return int(os.environ.get("SSR_SERVE_WORKERS", "1"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ssr.serving``: the options and exit codes of ``ssr serve`` (2: refused)."""
+    from ssr.commands.serve import DESCRIPTION, add_arguments
+    from ssr.errors import SSRError
+    from ssr.redact import RedactingFilter, redact
+
+    parser = argparse.ArgumentParser(prog="python -m ssr.serving", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for handler in logging.getLogger().handlers:  # passwords in URLs never reach the log
+        handler.addFilter(RedactingFilter())
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        return serve(
+            args.model,
+            host=args.host,
+            port=args.port,
+            workers=args.workers or default_workers(),
+            model_dir=args.model_dir,
+            timeout=args.timeout,
+        )
+    except SSRError as exc:
+        print(redact(f"ssr serve: error: {exc}"), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

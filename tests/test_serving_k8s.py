@@ -8,10 +8,13 @@ built (no container engine is needed for these tests).
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,9 @@ import pytest
 import yaml
 from test_k8s import PIPELINE_SECRETS, SENSITIVE, by_kind, containers, pod_spec, render
 
-from ssr.cli import build_parser
+from ssr.commands.serve import add_arguments
 from ssr.config import load_config
-from ssr.registry.register import SERVING_REQUIREMENTS
+from ssr.registry.register import SERVING_REQUIREMENTS, serving_distributions
 
 REPO = Path(__file__).resolve().parents[1]
 SERVING = REPO / "k8s" / "serving"
@@ -58,6 +61,13 @@ def one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     found = [o for o in by_kind(objects, kind) if o["metadata"]["name"] == name]
     assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
     return found[0]
+
+
+def serve_args(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed as the serve image's entry point (``ssr serve``'s options) parses it."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def _version() -> str:
@@ -116,7 +126,7 @@ def test_probes_resources_ports_and_service(serving: list[dict[str, Any]]) -> No
     assert service["spec"]["selector"].items() <= labels.items()
     assert serve["spec"]["selector"]["matchLabels"].items() <= labels.items()
     # the container's arguments are `ssr serve` arguments (the image's entrypoint)
-    args = build_parser().parse_args(["serve", *container["args"]])
+    args = serve_args(container["args"])
     assert args.host == "0.0.0.0" and args.port == ports["http"]
     assert container["image"] == f"localhost/ssr/ssr-serve:{_version()}"
 
@@ -212,9 +222,9 @@ def test_dockerfile_serve_stage_holds_only_what_inference_needs() -> None:
     assert "USER 1000:1000" in serve
     assert "EXPOSE 8080" in serve
     entry = next(ln for ln in serve if ln.startswith("ENTRYPOINT"))
-    assert json.loads(entry.split(None, 1)[1]) == ["ssr", "serve"]
+    assert json.loads(entry.split(None, 1)[1]) == ["python3", "-m", "ssr.serving"]
     cmd = next(ln for ln in serve if ln.startswith("CMD"))
-    args = build_parser().parse_args(["serve", *json.loads(cmd.split(None, 1)[1])])
+    args = serve_args(json.loads(cmd.split(None, 1)[1]))
     assert args.host == "0.0.0.0" and args.port == 8080
     # the builder installs the model's requirements file (pinned by constraints.txt), CPU
     # torch from the wheelhouse and ssr itself without its training dependencies
@@ -247,3 +257,84 @@ def test_dockerfile_passes_hadolint() -> None:
         timeout=60,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+SANDBOX = """\
+import importlib.abc, importlib.machinery, runpy, sys
+blocked = set(sys.argv[1].split(","))
+
+class Absent(importlib.abc.MetaPathFinder):  # the path finder, minus the blocked packages
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+
+    def find_distributions(self, *args, **kwargs):  # importlib.metadata asks the finders
+        return importlib.machinery.PathFinder.find_distributions(*args, **kwargs)
+
+    def invalidate_caches(self):
+        importlib.machinery.PathFinder.invalidate_caches()
+
+sys.meta_path[:] = [
+    Absent() if f is importlib.machinery.PathFinder else f for f in sys.meta_path
+]
+if sys.argv[2] == "scoring":  # what ssr serve imports once the model passed its check
+    from ssr.serving import scoring_command
+    argv, env = scoring_command(sys.argv[3], "127.0.0.1", 8080)
+    print(argv)
+    sys.exit(0)
+sys.argv = ["ssr.serving", *sys.argv[2:]]
+runpy.run_module("ssr.serving", run_name="__main__")
+"""
+
+
+def _serving_closure() -> set[str]:
+    """The serving distributions and, recursively, what they require (no extras)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = list(serving_distributions())
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return seen
+
+
+def test_serve_entry_point_imports_only_the_serving_packages(tmp_path: Path) -> None:
+    """The serve image holds only the serving requirements (and what they require): with every
+    other installed package made unimportable, the entry point starts, refuses a foreign model,
+    and gets as far as MLflow's scoring server command."""
+    from packaging.utils import canonicalize_name
+
+    allowed = _serving_closure()
+    blocked = sorted(
+        top
+        for top, dists in importlib.metadata.packages_distributions().items()
+        if top.isidentifier()
+        and top not in ("ssr", "_distutils_hack")
+        and not any(canonicalize_name(d) in allowed for d in dists)
+    )
+    assert {"tqdm", "wandb", "boto3", "matplotlib", "kfp", "sklearn"} <= set(blocked)
+    run = [sys.executable, "-c", SANDBOX, ",".join(blocked)]
+    kwargs = {"capture_output": True, "text": True, "timeout": 300, "cwd": tmp_path}
+    out = subprocess.run([*run, "--help"], **kwargs)
+    assert out.returncode == 0 and "--model" in out.stdout, out.stderr[-2000:]
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n"
+    )
+    out = subprocess.run([*run, "--model", str(tmp_path / "foreign"), "--port", "1"], **kwargs)
+    assert out.returncode == 2 and "loader_module" in out.stderr, out.stderr[-2000:]
+    out = subprocess.run([*run, "scoring", str(tmp_path / "foreign")], **kwargs)
+    assert out.returncode == 0 and "uvicorn" in out.stdout, out.stderr[-2000:]

@@ -130,8 +130,8 @@ def _numeric(rec: Recording) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
-    from tqdm import tqdm
 
+    from ssr.progress import progress_bar
     from ssr.registry.pyfunc_model import load_pyfunc
 
     for path in args.files:  # before the model is fetched
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     _, classifier = load_pyfunc(args.model)
     expected = classifier.extractor.sampling_rate
     recordings = []
-    for path in tqdm(
+    for path in progress_bar(
         args.files, desc="read", unit="file", leave=False, disable=len(args.files) < 20
     ):
         rec = read_recording(path)

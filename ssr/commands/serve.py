@@ -1,21 +1,35 @@
-"""``ssr serve``: serve a registered model over HTTP with MLflow's scoring server."""
+"""``ssr serve``: serve a registered model over HTTP with MLflow's scoring server.
+
+The same options make ``python -m ssr.serving`` (:func:`ssr.serving.main`), the serve image's
+entry point, which imports only what serving needs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 
+DESCRIPTION = (
+    "Check that MODEL is a model `ssr register` logged (its MLmodel is read first; a pickled "
+    "model is refused unopened), download it and serve it with MLflow's scoring server: POST "
+    '/invocations with {"dataframe_records": [{"emg": [[...], ...]}]}, GET /health. Loading a '
+    "model runs its code: serve only from registries you trust. MLFLOW_TRACKING_URI names the "
+    "registry."
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve a registered model over HTTP (MLflow's scoring server)",
-        description="Check that MODEL is a model `ssr register` logged (its MLmodel is read "
-        "first; a pickled model is refused unopened), download it and serve it with MLflow's "
-        'scoring server: POST /invocations with {"dataframe_records": [{"emg": [[...], '
-        "...]}]}, GET /health. Loading a model runs its code: serve only from registries you "
-        "trust. MLFLOW_TRACKING_URI names the registry.",
+        description=DESCRIPTION,
     )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``ssr serve`` and ``python -m ssr.serving``."""
     parser.add_argument(
         "--model",
         default=os.environ.get("SSR_MODEL_URI", "models:/ssr-emg@champion"),
@@ -35,7 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--timeout", type=int, default=None, help="seconds per request (MLflow's default: 60)"
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
