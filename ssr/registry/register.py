@@ -337,10 +337,10 @@ def _pyfunc_signature(
     output schema inferred by running the model once on the example.
 
     ``emg`` is ``Array(Any)``, not the inferred ``Array(Array(double))``: MLflow 3 enforces an
-    array of arrays element by element (a pandas Series per time step, about 0.15 s for a 2 s
-    recording, 10x the model itself on CPU) and refuses integer samples. The classifier checks
-    every row itself (numeric, 2-D, channels, finite, length) and answers with the row's
-    problem; MLflow still refuses an ``emg`` that is not an array.
+    array of arrays element by element (a pandas Series per time step: the small model's
+    prediction of a 2 s recording took 161 ms with it, 22 ms without) and refuses integer
+    samples. The classifier checks every row itself (numeric, 2-D, channels, finite, length)
+    and answers with the row's problem; MLflow still refuses an ``emg`` that is not an array.
     """
     from mlflow.pyfunc import PythonModelContext
 
