@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup test lint format lock clean
 
 help: ## list targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(BIN)/ssr: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -169,6 +169,7 @@ def test_register_records_tags_and_artifacts(
         "test.macro_f1",
         "test.loss",
         "data.fingerprint",
+        "data.feature_hash",
         "config",
         "git_commit",
         "mlflow.run_id",

@@ -136,6 +136,12 @@ def run(args: argparse.Namespace) -> int:
 
     for path in args.files:  # before the model is fetched
         _exists(path)
+    if args.model.startswith("models:/"):  # a registry lookup: never create an empty store
+        import mlflow
+
+        from ssr.tracking.store import require_store
+
+        require_store(mlflow.get_tracking_uri())
     _, classifier = load_pyfunc(args.model)
     expected = classifier.extractor.sampling_rate
     recordings = []

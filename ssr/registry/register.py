@@ -44,12 +44,14 @@ from mlflow.types.schema import AnyType, Array, ColSpec, Schema, TensorSpec
 
 import ssr
 from ssr.config import Config
+from ssr.data.fingerprint import feature_hash
 from ssr.data.processed import ProcessedSplit
 from ssr.errors import DataError, RegistryError
 from ssr.registry.promote import CHALLENGER
 from ssr.registry.pyfunc_model import MANIFEST, MODEL_INFO, WEIGHTS, EmgClassifier
 from ssr.registry.safe_load import MODEL_CODE, MODEL_CODE_FILE
 from ssr.tracking.mlflow_backend import ensure_experiment
+from ssr.tracking.store import open_client
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ def connect(cfg: Config) -> MlflowClient:
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return open_client(uri)  # a local SQLite store is created/migrated under a lock
 
 
 def read_evaluation(eval_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict]]:
@@ -110,10 +112,15 @@ def _truncate(text: str, limit: int = TAG_VALUE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 15] + "...[truncated]"
 
 
-def _checkpoint_parts(checkpoint: str) -> tuple[torch.nn.Module, Config, list[str], dict]:
-    from ssr.training.checkpoint import load_checkpoint, restore_model
+def _checkpoint_parts(
+    checkpoint: str, split: ProcessedSplit
+) -> tuple[torch.nn.Module, Config, list[str], dict]:
+    """Model, training config, labels and tracking ids of ``checkpoint``; refuses a checkpoint
+    trained on other features than ``split``'s data set."""
+    from ssr.training.checkpoint import check_features, load_checkpoint, restore_model
 
     state = load_checkpoint(checkpoint)
+    check_features(state, split.manifest, checkpoint, str(split.root))
     model, train_cfg, labels = restore_model(state, checkpoint)
     return model.eval(), train_cfg, labels, dict(state.get("tracking") or {})
 
@@ -255,9 +262,9 @@ def register_model(
                 earlier.version,
             )
             return earlier
-    model, train_cfg, labels, run_ids = _checkpoint_parts(checkpoint)
-    metrics, predictions = read_evaluation(eval_dir)
     split = ProcessedSplit(cfg.data.processed_dir, "test")
+    model, train_cfg, labels, run_ids = _checkpoint_parts(checkpoint, split)
+    metrics, predictions = read_evaluation(eval_dir)
     if split.label_names != labels:
         raise DataError(
             f"{cfg.data.processed_dir}: labels {split.label_names} differ from "
@@ -278,6 +285,7 @@ def register_model(
         "test.loss": f"{metrics['loss']:.6g}",
         "test.num_samples": str(metrics.get("num_samples", len(split))),
         "data.fingerprint": fingerprint,
+        "data.feature_hash": feature_hash(split.manifest),
         "config": _truncate(
             json.dumps(train_cfg.model_dump(), sort_keys=True, separators=(",", ":"))
         ),

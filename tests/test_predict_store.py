@@ -1,0 +1,23 @@
+"""`ssr predict` from a folder without the local MLflow store refuses; it creates no store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssr.cli import main
+
+
+def test_predict_without_a_local_store_names_it_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    recording = tmp_path / "rec.npy"
+    np.save(recording, np.zeros((2000, 8), dtype=np.float32))
+    code = main(["predict", "--model", "models:/ssr-emg@champion", str(recording)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no MLflow database" in err and str(tmp_path / "mlflow.db") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.npy"]
