@@ -60,10 +60,10 @@ def test_write_check_local(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_write_check_s3_names_a_missing_bucket_at_once(s3_env) -> None:
     bucket = s3_env.create_bucket(f"ck-{uuid.uuid4().hex[:8]}")
-    check_writable(f"s3://{bucket}/root/run-1")
-    assert list_objects(f"s3://{bucket}/root") == []
+    check_writable(f"s3://{bucket}/prefix/run-1")
+    assert list_objects(f"s3://{bucket}/prefix") == []
     with pytest.raises(StepError, match="bucket does not exist"):
-        check_writable(f"s3://no-such-{uuid.uuid4().hex[:8]}/root/run-1")
+        check_writable(f"s3://no-such-{uuid.uuid4().hex[:8]}/prefix/run-1")
 
 
 # ----------------------------------------------------------------------------- resume identity
