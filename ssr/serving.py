@@ -102,6 +102,19 @@ def default_workers() -> int:
     return int(os.environ.get("SSR_SERVE_WORKERS", "1"))
 
 
+def serve_parsed(args: argparse.Namespace) -> int:
+    """:func:`serve` with the options :func:`add_arguments` defines (``ssr serve`` and
+    ``python -m ssr.serving`` both end here)."""
+    return serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        workers=args.workers or default_workers(),
+        model_dir=args.model_dir,
+        timeout=args.timeout,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m ssr.serving``: the options and exit codes of ``ssr serve`` (2: refused)."""
     from ssr.commands.serve import DESCRIPTION, add_arguments
@@ -118,14 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         handler.addFilter(RedactingFilter())
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        return serve(
-            args.model,
-            host=args.host,
-            port=args.port,
-            workers=args.workers or default_workers(),
-            model_dir=args.model_dir,
-            timeout=args.timeout,
-        )
+        return serve_parsed(args)
     except SSRError as exc:
         print(redact(f"ssr serve: error: {exc}"), file=sys.stderr)
         return 2

@@ -52,13 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssr.serving import default_workers, serve
+    from ssr.serving import serve_parsed
 
-    return serve(
-        args.model,
-        host=args.host,
-        port=args.port,
-        workers=args.workers or default_workers(),
-        model_dir=args.model_dir,
-        timeout=args.timeout,
-    )
+    return serve_parsed(args)
