@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="data seeds (default 1 2 3)"
+        "--seeds", type=int, nargs="+", default=None, help="data seeds (default 1 2 3; quick 1)"
     )
     parser.add_argument(
         "--epochs-seed",
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         help="epochs of configs/small.yaml (default: the file's; quick: 1)",
     )
     args = parser.parse_args(argv)
+    args.seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
     small_extra = []
     if args.quick or args.epochs_small:
         small_extra = [f"training.num_epochs={args.epochs_small or 1}"]

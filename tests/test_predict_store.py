@@ -14,6 +14,9 @@ def test_predict_without_a_local_store_names_it_and_creates_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    # the relative default a user gets, stated explicitly: other tests in this process may have
+    # pointed mlflow's global tracking URI at a server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     recording = tmp_path / "rec.npy"
     np.save(recording, np.zeros((2000, 8), dtype=np.float32))
     code = main(["predict", "--model", "models:/ssr-emg@champion", str(recording)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import zipfile
 from dataclasses import dataclass
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
         from ssr.tracking.store import require_store
 
-        require_store(mlflow.get_tracking_uri())
+        require_store(os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri())
     _, classifier = load_pyfunc(args.model)
     expected = classifier.extractor.sampling_rate
     recordings = []
