@@ -142,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
 
         from ssr.tracking.store import require_store
 
-        require_store(os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri())
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+        require_store(uri)
+        mlflow.set_tracking_uri(uri)  # the store checked is the one looked in
     _, classifier = load_pyfunc(args.model)
     expected = classifier.extractor.sampling_rate
     recordings = []

@@ -154,6 +154,15 @@ def _download(uri: str, dst: Path) -> Path:
         raise RegistryError(f"{uri}: cannot download ({type(exc).__name__}: {exc})") from None
 
 
+def _where() -> str:
+    """`` (tracking URI ...)``: which registry a lookup asked, credentials redacted."""
+    import mlflow
+
+    from ssr.redact import redact
+
+    return f" (tracking URI {redact(mlflow.get_tracking_uri())})"
+
+
 def resolve_alias(model_uri: str) -> str:
     """``models:/NAME@ALIAS`` -> ``models:/NAME/VERSION`` (so every download sees one version);
     other URIs unchanged."""
@@ -167,9 +176,11 @@ def resolve_alias(model_uri: str) -> str:
     try:
         version = MlflowClient().get_model_version_by_alias(name, alias).version
     except MlflowException as exc:
-        raise RegistryError(f"{model_uri}: {exc.message}") from None
+        raise RegistryError(f"{model_uri}: {exc.message}{_where()}") from None
     except Exception as exc:  # an unreachable server
-        raise RegistryError(f"{model_uri}: cannot resolve ({type(exc).__name__}: {exc})") from None
+        raise RegistryError(
+            f"{model_uri}: cannot resolve ({type(exc).__name__}: {exc}){_where()}"
+        ) from None
     return f"models:/{name}/{version}"
 
 
@@ -184,9 +195,11 @@ def artifact_location(model_uri: str) -> str:
     try:
         return ModelsArtifactRepository.get_underlying_uri(model_uri)
     except MlflowException as exc:
-        raise RegistryError(f"{model_uri}: {exc.message}") from None
+        raise RegistryError(f"{model_uri}: {exc.message}{_where()}") from None
     except Exception as exc:  # an unreachable server
-        raise RegistryError(f"{model_uri}: cannot resolve ({type(exc).__name__}: {exc})") from None
+        raise RegistryError(
+            f"{model_uri}: cannot resolve ({type(exc).__name__}: {exc}){_where()}"
+        ) from None
 
 
 def _cleanup(path: Path) -> None:
