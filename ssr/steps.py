@@ -21,6 +21,7 @@ from ssr.errors import SSRError
 log = logging.getLogger(__name__)
 
 PROCESSED = "processed"
+PREEMPTED = 143  # ``ssr train``'s exit status after SIGTERM (128 + 15)
 RAW = "raw"
 
 
@@ -29,11 +30,15 @@ class StepError(SSRError):
 
 
 def run_cli(args: Sequence[str]) -> None:
-    """Run ``ssr ARGS`` in this process; raise :class:`StepError` on a non-zero exit."""
+    """Run ``ssr ARGS`` in this process; raise :class:`StepError` on a non-zero exit, and exit
+    with 143 when the command was stopped by SIGTERM (it has checkpointed by then)."""
     from ssr.cli import main
 
     log.info("ssr %s", " ".join(args))
     code = main(list(args))
+    if code == PREEMPTED:  # checkpointed; the step exits like the command, a retry resumes
+        log.warning("`ssr %s` stopped on SIGTERM after saving a checkpoint", " ".join(args))
+        raise SystemExit(code)
     if code:
         raise StepError(f"`ssr {' '.join(args)}` exited with status {code}")
 

@@ -25,7 +25,8 @@ from ssr.training.checkpoint import (
     save_checkpoint,
 )
 from ssr.training.early_stopping import EarlyStopping
-from ssr.training.trainer import Trainer, TrainResult, stop_on_sigterm
+from ssr.training.signals import stop_on_sigterm
+from ssr.training.trainer import Trainer, TrainResult
 
 __all__ = [
     "EarlyStopping",

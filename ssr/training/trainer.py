@@ -7,9 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +63,7 @@ from ssr.training.runtime import (
     select_device,
     set_rng_state,
 )
+from ssr.training.signals import worker_ignores_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +164,7 @@ class Trainer:
             "num_workers": workers,
             "pin_memory": self.device.type == "cuda",
             "persistent_workers": workers > 0,
+            "worker_init_fn": worker_ignores_sigterm if workers > 0 else None,
         }
         # The sampler's generator decides the shuffles and is checkpointed; the loader's own
         # generator only seeds worker processes (which draw nothing), so resume stays exact.
@@ -574,27 +574,3 @@ class Trainer:
             stop_requested=self._stop,
             preempted=self._stop_now,
         )
-
-
-@contextlib.contextmanager
-def stop_on_sigterm(trainer: Trainer) -> Iterator[None]:
-    """While active, SIGTERM asks ``trainer`` to stop after the current step and checkpoint.
-
-    A second SIGTERM gets the previous handler (by default: terminate at once). Outside the
-    main thread, signals cannot be handled and this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum: int, frame: object) -> None:
-        log.warning("SIGTERM: stopping after the current step and saving a checkpoint")
-        trainer.request_stop(now=True)
-        signal.signal(signal.SIGTERM, previous)
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
