@@ -165,7 +165,9 @@ def train_step(
     from ssr.config import load_config
     from ssr.storage import download_to, join
     from ssr.training.checkpoint import BEST, load_checkpoint
+    from ssr.training.signals import sigterm_when_parent_dies
 
+    sigterm_when_parent_dies()  # a SIGTERM to KFP's `sh -ec` wrapper reaches the training too
     checkpoint_dir = checkpoint_dir_for(checkpoint_root, run_id)
     with tempfile.TemporaryDirectory() as tmp:
         cfg_args = config_args(config_yaml, tmp)

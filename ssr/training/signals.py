@@ -13,13 +13,20 @@ after the current step, checkpoints and shuts its workers down itself.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Protocol
 
 log = logging.getLogger(__name__)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class Stoppable(Protocol):
@@ -29,6 +36,29 @@ class Stoppable(Protocol):
 def worker_ignores_sigterm(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: SIGTERM is the main process's to handle (see module)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def sigterm_when_parent_dies() -> bool:
+    """Ask Linux to send this process SIGTERM when its parent dies; True where that works.
+
+    A KFP lightweight component runs ``sh -ec '... python3 -m kfp.dsl.executor_main ...'``, and
+    dash does not ``exec`` its last command: a SIGTERM sent to the shell alone kills the shell and
+    leaves the training running, unsignalled, until the container is torn down. With this, the
+    shell's death is itself the stop request. Only the pipeline step asks for it (``ssr train``
+    run by hand keeps running under ``nohup`` when its terminal closes).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 @contextlib.contextmanager
