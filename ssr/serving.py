@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from ssr.registry.safe_load import fetch_checked, resolve_alias
+from ssr.serve_options import DESCRIPTION, add_arguments
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,6 @@ def serve_parsed(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ssr.serving``: the options and exit codes of ``ssr serve`` (2: refused)."""
-    from ssr.commands.serve import DESCRIPTION, add_arguments
     from ssr.errors import SSRError
     from ssr.redact import RedactingFilter, redact
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from test_k8s import PIPELINE_SECRETS, SENSITIVE, by_kind, containers, pod_spec, render
 
-from ssr.commands.serve import add_arguments
+from ssr.serve_options import add_arguments
 from ssr.config import load_config
 from ssr.registry.register import SERVING_REQUIREMENTS, serving_distributions
 
