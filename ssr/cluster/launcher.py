@@ -1,0 +1,265 @@
+"""Create or re-attach to a TrainJob, follow it to the end, stream node 0's log, delete it.
+
+A retried pipeline step derives the same job name from the run id, so it re-attaches to the job
+an earlier attempt started instead of starting a second one. A job found ``Failed`` is deleted
+and created again (``--resume auto`` continues from the checkpoints); a ``Complete`` one is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ssr.cluster.trainjob import (
+    GROUP,
+    NODE,
+    PLURAL,
+    RUNTIME_PLURAL,
+    VERSION,
+    TrainJobError,
+    validate_trainjob,
+)
+
+log = logging.getLogger(__name__)
+
+NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# Labels JobSet puts on the pods of a TrainJob; node 0 is completion index 0 of job "node".
+NODE0_SELECTOR = (
+    "jobset.sigs.k8s.io/jobset-name={name},jobset.sigs.k8s.io/replicatedjob-name="
+    + NODE
+    + ",batch.kubernetes.io/job-completion-index=0"
+)
+
+
+def api_client() -> Any:
+    """A ``kubernetes`` ApiClient: from ``$KUBECONFIG`` (or ``~/.kube/config``) when there is
+    one, else the pod's service account."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    if Path(path.split(os.pathsep)[0]).is_file():
+        config.load_kube_config(client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+def current_namespace() -> str:
+    """``$SSR_NAMESPACE``, else the pod's own namespace, else the kubeconfig context's."""
+    if os.environ.get("SSR_NAMESPACE"):
+        return os.environ["SSR_NAMESPACE"]
+    if Path(NAMESPACE_FILE).is_file():
+        return Path(NAMESPACE_FILE).read_text().strip()
+    try:
+        from kubernetes import config
+
+        _, active = config.list_kube_config_contexts()
+        return str(active["context"].get("namespace") or "default")
+    except Exception:  # no kubeconfig: the API server's default
+        return "default"
+
+
+def job_state(job: dict[str, Any]) -> tuple[str, str]:
+    """(``Complete`` | ``Failed`` | ``Running``, message) from the job's conditions."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            detail = ": ".join(p for p in (cond.get("reason"), cond.get("message")) if p)
+            return cond["type"], detail
+    return "Running", ""
+
+
+class TrainJobs:
+    """The few Kubernetes calls the launcher makes, in one namespace."""
+
+    def __init__(self, namespace: str, client: Any = None) -> None:
+        from kubernetes import client as k8s
+
+        self.namespace = namespace
+        self.api = client or api_client()
+        self.custom = k8s.CustomObjectsApi(self.api)
+        self.core = k8s.CoreV1Api(self.api)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _api_error(exc, f"read TrainJob {self.namespace}/{name}") from None
+
+    def create(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create ``body``; (the job, True) or, when it exists already, (that job, False)."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = body["metadata"]["name"]
+        try:
+            made = self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, body
+            )
+            return made, True
+        except ApiException as exc:
+            if exc.status == 409:
+                found = self.get(name)
+                if found is not None:
+                    return found, False
+            raise _api_error(exc, f"create TrainJob {self.namespace}/{name}") from None
+
+    def delete(self, name: str, wait: float = 0.0, poll: float = 2.0) -> bool:
+        """Delete the job and what it owns (foreground); False when there was none. With
+        ``wait``, wait up to that many seconds until it is gone."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name, propagation_policy="Foreground"
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise _api_error(exc, f"delete TrainJob {self.namespace}/{name}") from None
+        deadline = time.monotonic() + wait
+        while wait and self.get(name) is not None:
+            if time.monotonic() > deadline:
+                raise TrainJobError(f"TrainJob {self.namespace}/{name} still there after {wait}s")
+            time.sleep(poll)
+        return True
+
+    def runtime_missing(self, runtime: str) -> bool:
+        """True when the ClusterTrainingRuntime does not exist; False when it does or when this
+        account may not read it (a warning: the create call then tells)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.custom.get_cluster_custom_object(GROUP, VERSION, RUNTIME_PLURAL, runtime)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            log.warning("cannot read ClusterTrainingRuntime %s (HTTP %s)", runtime, exc.status)
+        return False
+
+    def node0_log(self, name: str) -> tuple[str, str] | None:
+        """(pod name, log) of the job's node 0, or None while it has no pod or log."""
+        from kubernetes.client.exceptions import ApiException
+
+        pods = self.core.list_namespaced_pod(
+            self.namespace, label_selector=NODE0_SELECTOR.format(name=name)
+        ).items
+        if not pods:
+            return None
+        pod = max(pods, key=lambda p: p.metadata.creation_timestamp or 0).metadata.name
+        try:
+            text = self.core.read_namespaced_pod_log(pod, self.namespace, container=NODE)
+        except ApiException as exc:  # not started yet, or gone
+            log.debug("no log of %s yet (HTTP %s)", pod, exc.status)
+            return None
+        return pod, text
+
+
+def _api_error(exc: Any, what: str) -> TrainJobError:
+    hint = ""
+    if exc.status == 403:
+        hint = " (the step's service account needs the trainjobs RBAC of k8s/base/pipeline)"
+    if exc.status == 404:
+        hint = " (is Kubeflow Trainer v2.3 installed, with its TrainJob CRD?)"
+    return TrainJobError(f"cannot {what}: HTTP {exc.status} {exc.reason}{hint}")
+
+
+class LogFollower:
+    """Prints node 0's new log lines on each :meth:`poll` (a new pod starts over)."""
+
+    def __init__(self, jobs: TrainJobs, name: str, sink: Callable[[str], None]) -> None:
+        self.jobs, self.name, self.sink = jobs, name, sink
+        self.pod = ""
+        self.seen = 0
+
+    def poll(self) -> None:
+        try:
+            found = self.jobs.node0_log(self.name)
+        except Exception as exc:  # logs are a convenience: never fail the step for them
+            log.debug("cannot read node 0's log: %s", exc)
+            return
+        if found is None:
+            return
+        pod, text = found
+        if pod != self.pod:
+            self.pod, self.seen = pod, 0
+            self.sink(f"--- {pod} (node 0) ---")
+        lines = text.splitlines()
+        if len(lines) < self.seen:  # the kubelet rotated the log
+            self.seen = 0
+        for line in lines[self.seen :]:
+            self.sink(line)
+        self.seen = len(lines)
+
+
+def launch(
+    jobs: TrainJobs,
+    body: dict[str, Any],
+    *,
+    poll: float = 10.0,
+    timeout: float | None = None,
+    sink: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Create the job (or attach to it), follow it until ``Complete`` (its final object is
+    returned) or ``Failed`` (:class:`TrainJobError` with the job's message)."""
+    validate_trainjob(body)
+    name = body["metadata"]["name"]
+    runtime = body["spec"]["runtimeRef"]["name"]
+    where = f"TrainJob {jobs.namespace}/{name}"
+    job = jobs.get(name)
+    if job is not None:
+        state, message = job_state(job)
+        if state == "Failed":
+            log.warning("%s failed in an earlier attempt (%s): recreating it", where, message)
+            jobs.delete(name, wait=600)
+            job = None
+        else:
+            log.info("attaching to %s (%s)", where, state)
+    if job is None:
+        if jobs.runtime_missing(runtime):
+            raise TrainJobError(
+                f"ClusterTrainingRuntime {runtime} not found: install Kubeflow Trainer v2.3 "
+                "with its default runtimes"
+            )
+        job, created = jobs.create(body)
+        log.info("%s %s", "created" if created else "attached to", where)
+    follower = LogFollower(jobs, name, sink)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        follower.poll()
+        state, message = job_state(job)
+        if state == "Complete":
+            log.info("%s complete", where)
+            return job
+        if state == "Failed":
+            raise TrainJobError(f"{where} failed: {message or 'no message'}")
+        if deadline is not None and time.monotonic() > deadline:
+            raise TrainJobError(f"{where} still running after {timeout:.0f}s")
+        time.sleep(poll)
+        job = jobs.get(name)
+        if job is None:
+            raise TrainJobError(f"{where} was deleted while the step waited for it")
+
+
+def describe(name: str, namespace: str | None = None) -> str:
+    """One line on the job's state and message ("" when it cannot be read): what a failed step
+    reports besides the launcher's exit status."""
+    namespace = namespace or current_namespace()
+    try:
+        job = TrainJobs(namespace).get(name)
+    except Exception as exc:  # the step is failing already; keep its own error
+        log.debug("cannot read TrainJob %s/%s: %s", namespace, name, exc)
+        return ""
+    if job is None:
+        return f"TrainJob {namespace}/{name} does not exist"
+    state, message = job_state(job)
+    return f"TrainJob {namespace}/{name} {state}" + (f": {message}" if message else "")

@@ -1,0 +1,191 @@
+"""A Kubernetes API stand-in on loopback: just the calls the TrainJob launcher makes.
+
+Speaks the custom-objects endpoints of ``trainjobs`` (create: 201, or 409 when it exists; get;
+delete), ``clustertrainingruntimes`` (get), and the core pods list and pods/log. A test scripts
+each job's status: the states a job goes through, one per GET (``Running`` ... then
+``Complete`` or ``Failed`` with a message), and node 0's log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import yaml
+
+JOBS = re.compile(
+    r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs(?:/([^/]+))?$"
+)
+RUNTIME = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/clustertrainingruntimes/([^/]+)$")
+PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
+POD_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
+
+
+@dataclass
+class StandIn:
+    """The server's state; tests read ``requests`` and set ``script``, ``logs``, ``jobs``."""
+
+    url: str = ""
+    jobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    script: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    default_script: list[tuple[str, str]] = field(default_factory=lambda: [("Complete", "")])
+    logs: dict[str, list[str]] = field(default_factory=dict)
+    runtimes: set[str] = field(default_factory=lambda: {"torch-distributed"})
+    requests: list[tuple[str, str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.jobs.clear()
+            self.script.clear()
+            self.logs.clear()
+            self.requests.clear()
+            self.default_script = [("Complete", "")]
+
+    def add_job(self, namespace: str, body: dict[str, Any], state: str, message: str = "") -> None:
+        """A job as if an earlier attempt had created it, in ``state``."""
+        job = json.loads(json.dumps(body))
+        _set_state(job, state, message)
+        self.jobs[(namespace, body["metadata"]["name"])] = job
+
+    def calls(self, method: str, kind: str = "trainjobs") -> list[tuple[str, str, Any]]:
+        return [r for r in self.requests if r[0] == method and kind in r[1]]
+
+    def kubeconfig(self, path: Path, namespace: str) -> Path:
+        """A kubeconfig file that points the ``kubernetes`` client here."""
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
+                    "users": [{"name": "standin", "user": {"token": "standin-token"}}],
+                    "contexts": [
+                        {
+                            "name": "standin",
+                            "context": {
+                                "cluster": "standin",
+                                "user": "standin",
+                                "namespace": namespace,
+                            },
+                        }
+                    ],
+                    "current-context": "standin",
+                }
+            )
+        )
+        return path
+
+
+def _set_state(job: dict[str, Any], state: str, message: str) -> None:
+    if state in ("Complete", "Failed"):
+        reason = "DeadlineExceeded" if "deadline" in message.lower() else state
+        cond = {"type": state, "status": "True", "reason": reason, "message": message}
+        job["status"] = {"conditions": [cond]}
+    else:
+        job["status"] = {"conditions": []}
+
+
+def _status(code: int, reason: str) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+    }
+
+
+def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+        def _send(self, code: int, payload: Any, text: bool = False) -> None:
+            data = payload.encode() if text else json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "text/plain" if text else "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> Any:
+            length = int(self.headers.get("Content-Length") or 0)
+            return json.loads(self.rfile.read(length)) if length else None
+
+        def _route(self, method: str) -> None:
+            url = urlparse(self.path)
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            body = self._body() if method in ("POST", "DELETE") else None
+            with state.lock:
+                state.requests.append((method, url.path, body if body is not None else query))
+                self._answer(method, url.path, query, body)
+
+        def _answer(self, method: str, path: str, query: dict[str, str], body: Any) -> None:
+            if m := JOBS.match(path):
+                namespace, name = m.groups()
+                if method == "POST" and name is None:
+                    key = (namespace, body["metadata"]["name"])
+                    if key in state.jobs:
+                        return self._send(409, _status(409, "AlreadyExists"))
+                    job = json.loads(json.dumps(body))
+                    _set_state(job, "Running", "")
+                    state.jobs[key] = job
+                    return self._send(201, job)
+                job = state.jobs.get((namespace, name or ""))
+                if job is None:
+                    return self._send(404, _status(404, "NotFound"))
+                if method == "GET":
+                    steps = state.script.setdefault(name, list(state.default_script))
+                    if steps and job["status"]["conditions"] == []:
+                        _set_state(job, *steps.pop(0))
+                    return self._send(200, job)
+                if method == "DELETE":
+                    del state.jobs[(namespace, name)]
+                    state.script.pop(name, None)
+                    return self._send(200, _status(200, "Success") | {"status": "Success"})
+            if (m := RUNTIME.match(path)) and method == "GET":
+                if m.group(1) in state.runtimes:
+                    return self._send(200, {"kind": "ClusterTrainingRuntime", "metadata": {}})
+                return self._send(404, _status(404, "NotFound"))
+            if (m := PODS.match(path)) and method == "GET":
+                selector = dict(p.split("=", 1) for p in query.get("labelSelector", "").split(","))
+                name = selector.get("jobset.sigs.k8s.io/jobset-name", "")
+                items = []
+                if (m.group(1), name) in state.jobs and name in state.logs:
+                    meta = {"name": f"{name}-node-0-0-abcde", "namespace": m.group(1)}
+                    meta["labels"] = selector
+                    items.append({"metadata": meta, "spec": {"containers": []}})
+                return self._send(200, {"kind": "PodList", "apiVersion": "v1", "items": items})
+            if (m := POD_LOG.match(path)) and method == "GET":
+                name = m.group(2).removesuffix("-node-0-0-abcde")
+                lines = state.logs.get(name)
+                if lines is None:
+                    return self._send(404, _status(404, "NotFound"))
+                return self._send(200, "".join(f"{line}\n" for line in lines), text=True)
+            return self._send(404, _status(404, "NotFound"))
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._route("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._route("POST")
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self._route("DELETE")
+
+    return Handler
+
+
+def start_standin() -> tuple[StandIn, ThreadingHTTPServer]:
+    state = StandIn()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return state, server
