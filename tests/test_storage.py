@@ -11,8 +11,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from botocore.awsrequest import AWSResponse
 from servers import free_port
 
 from ssr.config import StorageConfig
@@ -32,6 +34,7 @@ from ssr.storage import (
     publish,
     read_bytes,
     read_pointer,
+    s3,
     stat,
     write_bytes,
 )
@@ -225,13 +228,56 @@ def test_missing_bucket_is_a_quick_permanent_error(s3_env):
 
 def test_transient_outage_is_retried_until_the_store_answers(s3_env, proxy):
     bucket = _bucket(s3_env)
-    storage = StorageConfig(endpoint_url=proxy.endpoint, max_attempts=6)
-    timer = threading.Timer(1.2, proxy.start)  # nothing listens on the port for 1.2 s
+    # botocore's standard mode waits rand(0, 50 ms * 2**i) before retry i of a connection
+    # error: ten attempts wait up to 25 s in all, nearly always more than the 0.5 s outage
+    storage = StorageConfig(endpoint_url=proxy.endpoint, max_attempts=10)
+    timer = threading.Timer(0.5, proxy.start)  # nothing listens on the port for 0.5 s
     timer.start()
     start = time.monotonic()
     write_bytes(f"s3://{bucket}/k", b"after the outage", storage)
-    assert time.monotonic() - start >= 1.0
+    assert time.monotonic() - start >= 0.4
     assert read_bytes(f"s3://{bucket}/k") == b"after the outage"  # via the direct endpoint
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_):
+        yield self.data
+
+
+@pytest.mark.parametrize("max_attempts", [1, 3])
+def test_a_failed_multipart_part_is_retried_alone(max_attempts, s3_env):
+    """botocore retries each request: a part answered 503 once is sent again, the others not."""
+    storage = StorageConfig(multipart_threshold_mb=5, max_attempts=max_attempts)
+    uri = f"s3://{_bucket(s3_env)}/big"
+    data = os.urandom(12 * MB)  # parts 1 and 2 of 5 MB, part 3 of 2 MB
+    sent: list[int] = []
+    lock = threading.Lock()
+
+    def part_2_fails_once(request, **_):
+        part = int(parse_qs(urlsplit(request.url).query)["partNumber"][0])
+        with lock:
+            sent.append(part)
+            first_try = sent.count(part) == 1
+        if part == 2 and first_try:  # the server's answer, as a store under load would give it
+            return AWSResponse(request.url, 503, {}, _Body(b""))
+        return None
+
+    events = s3.client(storage).meta.events
+    events.register("before-send.s3.UploadPart", part_2_fails_once)
+    try:
+        if max_attempts == 1:
+            with pytest.raises(StorageError, match=f"upload {uri}"):
+                write_bytes(uri, data, storage)
+            assert not exists(uri)
+        else:
+            write_bytes(uri, data, storage)
+            assert sorted(sent) == [1, 2, 2, 3]
+            assert read_bytes(uri) == data
+    finally:
+        events.unregister("before-send.s3.UploadPart", part_2_fails_once)
 
 
 def test_outage_longer_than_the_retries_is_a_storage_error(s3_env, proxy):

@@ -4,6 +4,7 @@ Data and pipeline code need only :func:`localize` (an s3 prefix -> a local cache
 and :func:`publish` (a finished local directory -> an s3 prefix or local path).
 """
 
+from ssr.storage.backend import ObjectNotFoundError, PreconditionFailedError
 from ssr.storage.objects import (
     ObjectInfo,
     copy,
@@ -28,7 +29,6 @@ from ssr.storage.pointer import (
     load_latest,
     read_pointer,
 )
-from ssr.storage.s3 import ObjectNotFoundError, PreconditionFailedError
 from ssr.storage.uri import S3Location, basename, is_s3, join, parse_s3
 
 __all__ = [

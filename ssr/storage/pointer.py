@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from ssr.config import StorageConfig
 from ssr.errors import CheckpointError, StorageError
 from ssr.storage import objects
-from ssr.storage.s3 import ObjectNotFoundError, PreconditionFailedError
+from ssr.storage.backend import ObjectNotFoundError, PreconditionFailedError
 from ssr.storage.uri import join
 
 log = logging.getLogger(__name__)

@@ -1,23 +1,23 @@
-"""The boto3 S3 client and the retry policy for every object-storage call.
+"""The boto3 S3 client, its retry policy, and S3 errors turned into :class:`StorageError`.
 
 Endpoint: ``storage.endpoint_url`` when set, else boto3's own ``AWS_ENDPOINT_URL_S3`` /
 ``AWS_ENDPOINT_URL`` environment variables, else AWS. Credentials come from the usual AWS
 chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, profiles, instance roles).
 
-botocore's own retries are switched off; :func:`call` retries transient failures (connection
-errors, timeouts, 5xx, throttling) with exponential backoff and turns everything else into a
+Retries are botocore's own (``standard`` mode): each HTTP request, so each part of a multipart
+transfer on its own, is tried at most ``storage.max_attempts`` times in all when it fails
+transiently (connection errors, timeouts, 500/502/503/504, throttling), with jittered
+exponential backoff capped at 20 s. :func:`errors` turns what is left into a
 :class:`StorageError` that names the URI.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
-import random
 import threading
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -30,16 +30,28 @@ from botocore.exceptions import (
     NoCredentialsError,
     ResponseStreamingError,
 )
+from s3transfer.exceptions import RetriesExceededError
 
 from ssr.config import StorageConfig
 from ssr.errors import StorageError
+from ssr.storage.backend import ObjectNotFoundError, PreconditionFailedError
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "RETRY_MODE",
+    "STREAM_ERRORS",
+    "ObjectNotFoundError",
+    "PreconditionFailedError",
+    "client",
+    "describe",
+    "error_code",
+    "errors",
+    "is_transient",
+    "retry_config",
+]
 
-T = TypeVar("T")
-
-BASE_DELAY_S = 0.5
-MAX_DELAY_S = 20.0
+# "adaptive" would add client-side rate limiting on throttling; "standard" retries the same
+# errors without slowing down requests that are not failing.
+RETRY_MODE = "standard"
 
 _TRANSIENT_CODES = frozenset(
     {
@@ -59,15 +71,7 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
-
-
-class ObjectNotFoundError(StorageError):
-    """The object (or local file) does not exist."""
-
-
-class PreconditionFailedError(StorageError):
-    """A conditional write lost (``If-None-Match: *`` found an object, ``If-Match`` a new ETag)."""
-
+STREAM_ERRORS = (IncompleteReadError, ResponseStreamingError, RetriesExceededError)
 
 _clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
@@ -82,13 +86,19 @@ def _endpoint(storage: StorageConfig) -> str | None:
     )
 
 
+def retry_config(storage: StorageConfig) -> dict[str, Any]:
+    """botocore's ``retries`` setting: ``max_attempts`` counts every try, the first included."""
+    return {"mode": RETRY_MODE, "total_max_attempts": storage.max_attempts}
+
+
 def client(storage: StorageConfig | None = None) -> Any:
-    """A (cached, thread-safe) boto3 S3 client for ``storage``; botocore retries are off."""
+    """A (cached, thread-safe) boto3 S3 client for ``storage`` (retries: :func:`retry_config`)."""
     storage = storage or StorageConfig()
     endpoint = _endpoint(storage)
     key = (
         endpoint,
         storage.region,
+        storage.max_attempts,
         os.environ.get("AWS_ACCESS_KEY_ID"),
         os.environ.get("AWS_SECRET_ACCESS_KEY"),
         os.environ.get("AWS_SESSION_TOKEN"),
@@ -97,7 +107,7 @@ def client(storage: StorageConfig | None = None) -> Any:
     with _clients_lock:
         if key not in _clients:
             config = BotoConfig(
-                retries={"total_max_attempts": 1, "mode": "standard"},
+                retries=retry_config(storage),
                 connect_timeout=10,
                 read_timeout=60,
                 max_pool_connections=16,
@@ -123,10 +133,8 @@ def _status(exc: BaseException) -> int:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: connection trouble, timeouts, 5xx and throttling."""
-    if isinstance(
-        exc, ConnectionError | HTTPClientError | IncompleteReadError | ResponseStreamingError
-    ):
+    """Worth retrying: connection trouble, cut-off bodies, timeouts, 5xx and throttling."""
+    if isinstance(exc, (ConnectionError, HTTPClientError, *STREAM_ERRORS)):
         return True
     if isinstance(exc, ClientError):
         status = _status(exc)
@@ -146,7 +154,15 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _permanent(what: str, uri: str, exc: BaseException) -> StorageError:
+def _attempts(exc: BaseException, storage: StorageConfig) -> int:
+    if isinstance(exc, ClientError):
+        retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts")
+        if retried is not None:
+            return int(retried) + 1
+    return storage.max_attempts
+
+
+def _translate(what: str, uri: str, exc: BaseException, storage: StorageConfig) -> StorageError:
     code = error_code(exc)
     text = f"{what} {uri}: {describe(exc)}"
     if code in _NOT_FOUND_CODES:
@@ -157,46 +173,22 @@ def _permanent(what: str, uri: str, exc: BaseException) -> StorageError:
         return PreconditionFailedError(text)
     if code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}:
         return StorageError(f"{text} (check credentials and bucket policy)")
+    if is_transient(exc):
+        n = _attempts(exc, storage)
+        return StorageError(f"{what} {uri}: failed after {n} attempts: {describe(exc)}")
     return StorageError(text)
 
 
-def call(
-    what: str,
-    uri: str,
-    fn: Callable[[], T],
-    storage: StorageConfig | None = None,
-    *,
-    base_delay: float = BASE_DELAY_S,
-) -> T:
-    """Run ``fn`` with retries on transient errors, at most ``storage.max_attempts`` times.
+@contextlib.contextmanager
+def errors(what: str, uri: str, storage: StorageConfig | None = None) -> Iterator[None]:
+    """Raise boto errors inside the block as a :class:`StorageError` naming ``what`` and ``uri``.
 
-    The wait doubles after each failure (``base_delay``, 2x, 4x, ... capped at 20 s, with jitter).
-    A permanent error, or the last transient one, is raised as a :class:`StorageError` naming
-    ``what`` and ``uri``; :class:`ObjectNotFoundError` and :class:`PreconditionFailedError`
-    are subclasses.
+    :class:`ObjectNotFoundError` and :class:`PreconditionFailedError` are subclasses; an error
+    that stayed transient through every retry says how many attempts were made.
     """
-    attempts = (storage or StorageConfig()).max_attempts
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except StorageError:
-            raise
-        except (BotoCoreError, ClientError) as exc:
-            if not is_transient(exc):
-                raise _permanent(what, uri, exc) from exc
-            if attempt == attempts:
-                raise StorageError(
-                    f"{what} {uri}: failed after {attempts} attempts: {describe(exc)}"
-                ) from exc
-            delay = min(MAX_DELAY_S, base_delay * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
-            log.warning(
-                "%s %s: %s; retry %d/%d in %.1fs",
-                what,
-                uri,
-                describe(exc),
-                attempt,
-                attempts - 1,
-                delay,
-            )
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+    try:
+        yield
+    except StorageError:
+        raise
+    except (BotoCoreError, ClientError, RetriesExceededError) as exc:
+        raise _translate(what, uri, exc, storage or StorageConfig()) from exc
