@@ -230,8 +230,25 @@ def test_containers_have_resources_probes_and_security(objects: list[dict[str, A
 
 
 @needs_kubectl
-def test_rbac_is_least_privilege(objects: list[dict[str, Any]]) -> None:
-    assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
+def test_rbac_is_least_privilege(overlay: str, objects: list[dict[str, Any]]) -> None:
+    # Cluster-wide: only reading Kubeflow Trainer's runtimes, bound to the pipeline's account.
+    (cluster_role,) = by_kind(objects, "ClusterRole")
+    assert cluster_role["rules"] == [
+        {
+            "apiGroups": ["trainer.kubeflow.org"],
+            "resources": ["clustertrainingruntimes"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    (cluster_binding,) = by_kind(objects, "ClusterRoleBinding")
+    assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    assert cluster_binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": "ssr-pipeline-runner",
+            "namespace": PIPELINE_NAMESPACE.get(overlay, SERVER_NAMESPACE),
+        }
+    ]
     for role in by_kind(objects, "Role"):
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs", "resourceNames"):
@@ -250,6 +267,22 @@ def test_rbac_is_least_privilege(objects: list[dict[str, Any]]) -> None:
     }
     assert set(PIPELINE_SECRETS) <= readable
     assert "ssr-mlflow-server" not in readable and "ssr-postgres-credentials" not in readable
+    # Multi-node training: the run's TrainJobs (no patch/update) and node 0's log, read only.
+    verbs = {
+        (group, resource): set(rule["verbs"])
+        for rule in runner["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert verbs[("trainer.kubeflow.org", "trainjobs")] == {
+        "create",
+        "get",
+        "list",
+        "watch",
+        "delete",
+    }
+    assert verbs[("", "pods")] == verbs[("", "pods/log")] == {"get", "list", "watch"}
+    assert ("trainer.kubeflow.org", "trainingruntimes") not in verbs
     for binding in by_kind(objects, "RoleBinding"):
         assert binding["roleRef"]["kind"] == "Role"
         for subject in binding["subjects"]:
