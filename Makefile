@@ -136,6 +136,7 @@ k8s-render: ## render every overlay to build/k8s/OVERLAY.yaml (secrets from the 
 # ---- end containers and Kubernetes ----------------------------------------------------------
 
 # ---- KFP pipeline ----------------------------------------------------------------------------
+# GPUs per training node: the compiled default of the pipeline parameter gpus_per_node.
 GPUS ?= 1
 PIPELINE_YAML ?= build/ssr_pipeline.yaml
 # The train step's image; empty: the CUDA variant of IMAGE (its tag + -cuda, as image-cuda tags).

@@ -50,7 +50,7 @@ def compile_pipeline(
     """Compile with the given images and GPU defaults; returns the YAML path.
 
     A value left out comes from the environment (``SSR_IMAGE``, ``SSR_TRAIN_IMAGE``,
-    ``SSR_GPU_TYPE``, ``SSR_GPU_COUNT``), else the defaults; the environment is left as it was.
+    ``SSR_GPU_TYPE``, ``SSR_GPUS_PER_NODE``), else the defaults; the environment is left as it was.
     """
     if gpus is not None and not str(gpus).isdigit():
         raise ValueError(f"gpus must be a non-negative integer, got {gpus!r}")
@@ -58,7 +58,7 @@ def compile_pipeline(
         "SSR_IMAGE": image,
         "SSR_TRAIN_IMAGE": train_image,
         "SSR_GPU_TYPE": gpu_type,
-        "SSR_GPU_COUNT": None if gpus is None else str(gpus),
+        "SSR_GPUS_PER_NODE": None if gpus is None else str(gpus),
     }
     saved = {key: os.environ.get(key) for key in settings}
     try:
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         help="image of the train step (default: the CUDA variant of --image, TAG-cuda)",
     )
     parser.add_argument("--gpu-type", default=None, help="accelerator type, e.g. nvidia.com/gpu")
-    parser.add_argument("--gpus", type=int, default=None, help="GPUs for the training step")
+    parser.add_argument(
+        "--gpus", type=int, default=None, help="GPUs per training node (gpus_per_node)"
+    )
     parser.add_argument("--out", default="build/ssr_pipeline.yaml")
     args = parser.parse_args(argv)
     path = compile_pipeline(args.out, args.image, args.gpu_type, args.gpus, args.train_image)

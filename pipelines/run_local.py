@@ -63,7 +63,8 @@ def run_local(
         "synth_args": list(synth_args or []),
         "epochs": epochs,
         "checkpoint_root": str(workdir / "checkpoints"),  # the step adds /<run id>
-        "gpu_count": "0",  # a string parameter (see pipelines.training_pipeline)
+        "gpus_per_node": "0",  # a string parameter (see pipelines.training_pipeline)
+        "num_nodes": 1,  # one process here; the exit handler then has no TrainJob to delete
         "min_accuracy": min_accuracy,
         "model_name": model_name,
     }

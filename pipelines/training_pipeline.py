@@ -8,7 +8,12 @@ YAML, not only for ``kfp.local``:
 
 * the job-id placeholder is substituted only in a parameter that is exactly the placeholder, so
   the train step receives the checkpoint root and the run id separately and joins them;
-* the driver reads the accelerator count as a string value, so ``gpu_count`` is a string;
+* the driver reads the accelerator count as a string value, so ``gpus_per_node`` is a string;
+* with ``num_nodes`` > 1 the train step is a small launcher pod that runs the training as a
+  Kubeflow Trainer TrainJob: ``dsl.If(num_nodes == 1)`` / ``dsl.Else()`` pick the GPU task or
+  the launcher, each followed by evaluate and the gated register (not a ``dsl.OneOf`` of the
+  two models, which ``kfp.local`` cannot resolve for artifacts);
+* a ``dsl.ExitHandler`` deletes the run's TrainJob however the run ends;
 * caching is off for every step: preprocess would be keyed on the ``data_uri`` string, not on
   the data behind it; train, evaluate and register write to object storage and MLflow;
 * retries of tasks inside ``dsl.If`` are honoured from KFP 2.14 on; register is idempotent per
@@ -16,43 +21,78 @@ YAML, not only for ``kfp.local``:
 """
 
 import os
+from typing import Any
 
 from kfp import dsl, kubernetes
 
-from components import evaluate, preprocess, register, train
+from components import delete_trainjob, evaluate, preprocess, register, train, train_distributed
 from components.image import SSR_TRAIN_IMAGE
+from ssr.cluster.secrets import OPTIONAL, S3, SECRETS
 
 PIPELINE_NAME = "ssr-emg-training"
 # Compile-time defaults for the GPU request; both stay run parameters of the pipeline. The count
 # is a string: the KFP driver resolves an accelerator count only from a string parameter value.
 GPU_TYPE = os.environ.get("SSR_GPU_TYPE", "nvidia.com/gpu")
-GPU_COUNT = os.environ.get("SSR_GPU_COUNT", "1")
+GPUS_PER_NODE = os.environ.get("SSR_GPUS_PER_NODE", "1")
 # Writable by every S3 key a KFP install hands out: the standalone MinIO key and, from KFP 2.15,
 # the per-profile keys (which may write shared/, artifacts/ and private/<namespace>/).
 CHECKPOINT_ROOT = "s3://mlpipeline/shared/ssr-checkpoints"
-
-# Kubernetes secrets (see k8s/) exposed to the steps as environment variables.
-SECRETS = {
-    "ssr-s3-credentials": {
-        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-        "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
-    },
-    "ssr-mlflow-credentials": {
-        "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
-        "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-        "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
-    },
-    "ssr-wandb-credentials": {"WANDB_API_KEY": "WANDB_API_KEY"},
-}
+TRAINJOB_DEADLINE_SECONDS = 24 * 3600
 
 
 def _with_secrets(task: dsl.PipelineTask, names: list[str]) -> dsl.PipelineTask:
     for name in names:
-        # W&B is optional: without its secret the step logs to W&B offline.
-        optional = name == "ssr-wandb-credentials"
-        kubernetes.use_secret_as_env(task, name, SECRETS[name], optional=optional)
+        kubernetes.use_secret_as_env(task, name, SECRETS[name], optional=name in OPTIONAL)
     return task
+
+
+def _with_namespace(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """``SSR_NAMESPACE``: the run's namespace, where the launcher creates the TrainJob."""
+    kubernetes.use_field_path_as_env(task, "SSR_NAMESPACE", "metadata.namespace")
+    return task
+
+
+def _evaluate_and_register(
+    model: Any,  # the train task's model output (a pipeline channel)
+    prep: dsl.PipelineTask,
+    config_yaml: str,
+    overrides: list,
+    model_name: str,
+    min_accuracy: float,
+    margin: float,
+    p_value: float,
+    baseline_margin: float,
+) -> None:
+    """evaluate, then register inside ``dsl.If(test accuracy >= min_accuracy)``."""
+    evaluation = evaluate(
+        processed=prep.outputs["processed"],
+        model=model,
+        config_yaml=config_yaml,
+        overrides=overrides,
+    )
+    evaluation.set_display_name("evaluate").set_cpu_request("2").set_memory_request("4Gi")
+    evaluation.set_cpu_limit("4").set_memory_limit("8Gi").set_retry(2)
+    evaluation.set_caching_options(False)
+    _with_secrets(evaluation, list(SECRETS))
+
+    with dsl.If(evaluation.outputs["Output"] >= min_accuracy, name="accuracy-gate"):
+        registration = register(
+            processed=prep.outputs["processed"],
+            model=model,
+            report=evaluation.outputs["report"],
+            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            config_yaml=config_yaml,
+            overrides=overrides,
+            model_name=model_name,
+            min_accuracy=min_accuracy,
+            margin=margin,
+            p_value=p_value,
+            baseline_margin=baseline_margin,
+        )
+        registration.set_display_name("register").set_cpu_request("1")
+        registration.set_memory_request("2Gi").set_cpu_limit("2").set_memory_limit("4Gi")
+        registration.set_retry(2).set_caching_options(False)  # idempotent per run id
+        _with_secrets(registration, [S3, "ssr-mlflow-credentials"])
 
 
 @dsl.pipeline(
@@ -67,13 +107,15 @@ def training_pipeline(
     epochs: int = 30,
     checkpoint_root: str = CHECKPOINT_ROOT,
     gpu_type: str = GPU_TYPE,
-    gpu_count: str = GPU_COUNT,
+    gpus_per_node: str = GPUS_PER_NODE,
+    num_nodes: int = 1,
+    trainjob_deadline_seconds: int = TRAINJOB_DEADLINE_SECONDS,
     model_name: str = "ssr-emg",
     min_accuracy: float = 0.5,
     margin: float = 0.0,
     p_value: float = 0.05,
     baseline_margin: float = 0.0,
-) -> float:
+) -> None:
     """Train and register a model.
 
     Args:
@@ -85,70 +127,94 @@ def training_pipeline(
         checkpoint_root: object-storage prefix (or folder); checkpoints go to
             ``<root>/<pipeline run id>`` so a retried training step resumes where the failed
             attempt stopped, and no other run's checkpoint is ever resumed.
-        gpu_type, gpu_count: the accelerator the training step requests; the count is a string
-            (``gpu_count='"2"'`` on the ``kfp`` command line).
+        gpu_type, gpus_per_node: the accelerator each training node requests; the count is a
+            string (``gpus_per_node='"2"'`` on the ``kfp`` command line).
+        num_nodes: training nodes; more than 1 runs the training as a Kubeflow Trainer v2
+            TrainJob (runtime ``torch-distributed``, ``checkpoint_root`` must be ``s3://``).
+        trainjob_deadline_seconds: ``activeDeadlineSeconds`` of that TrainJob.
         model_name: registered model name in the MLflow registry.
         min_accuracy: test accuracy below which nothing is registered (and the gate's minimum).
         margin, p_value: the promotion gate against the current champion.
         baseline_margin: test-accuracy gain required over the linear baseline
             (``registry.baseline_margin``).
 
-    Returns:
-        The test accuracy (the registered version is the register step's output).
+    The test accuracy is the evaluate step's output, the registered version the register
+    step's.
     """
-    prep = preprocess(
-        data_uri=data_uri, config_yaml=config_yaml, overrides=overrides, synth_args=synth_args
-    )
-    prep.set_display_name("preprocess").set_cpu_request("2").set_memory_request("4Gi")
-    prep.set_cpu_limit("4").set_memory_limit("8Gi").set_retry(2)
-    prep.set_caching_options(False)  # a cache key of the data_uri string misses new files
-    _with_secrets(prep, ["ssr-s3-credentials"])
-
-    trainer = train(
-        processed=prep.outputs["processed"],
-        checkpoint_root=checkpoint_root,
-        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,  # alone, or the driver leaves it unresolved
-        config_yaml=config_yaml,
-        overrides=overrides,
-        epochs=epochs,
-    )
-    trainer.set_display_name("train").set_caching_options(False)
-    trainer.set_container_image(SSR_TRAIN_IMAGE)
-    trainer.set_accelerator_type(gpu_type).set_accelerator_limit(gpu_count)
-    trainer.set_cpu_request("4").set_cpu_limit("8")
-    trainer.set_memory_request("16Gi").set_memory_limit("32Gi")
-    trainer.set_retry(3, backoff_duration="60s", backoff_factor=2.0)
-    kubernetes.empty_dir_mount(trainer, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
-    kubernetes.add_toleration(trainer, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
-    _with_secrets(trainer, list(SECRETS))
-
-    evaluation = evaluate(
-        processed=prep.outputs["processed"],
-        model=trainer.outputs["model"],
-        config_yaml=config_yaml,
-        overrides=overrides,
-    )
-    evaluation.set_display_name("evaluate").set_cpu_request("2").set_memory_request("4Gi")
-    evaluation.set_cpu_limit("4").set_memory_limit("8Gi").set_retry(2)
-    evaluation.set_caching_options(False)
-    _with_secrets(evaluation, list(SECRETS))
-
-    with dsl.If(evaluation.outputs["Output"] >= min_accuracy, name="accuracy-gate"):
-        registration = register(
-            processed=prep.outputs["processed"],
-            model=trainer.outputs["model"],
-            report=evaluation.outputs["report"],
-            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            config_yaml=config_yaml,
-            overrides=overrides,
-            model_name=model_name,
-            min_accuracy=min_accuracy,
-            margin=margin,
-            p_value=p_value,
-            baseline_margin=baseline_margin,
+    cleanup = delete_trainjob(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, num_nodes=num_nodes)
+    cleanup.set_display_name("cleanup").set_caching_options(False)
+    cleanup.set_cpu_request("100m").set_memory_request("256Mi")
+    cleanup.set_cpu_limit("500m").set_memory_limit("1Gi").set_retry(2)
+    _with_namespace(cleanup)
+    # Every task runs inside the exit handler, whose cleanup deletes the run's TrainJob however
+    # the run ends (failed, cancelled, done). KFP allows no pipeline output from inside it, so
+    # the pipeline returns nothing: the test accuracy is evaluate's output and metrics.
+    gate = {
+        "config_yaml": config_yaml,
+        "overrides": overrides,
+        "model_name": model_name,
+        "min_accuracy": min_accuracy,
+        "margin": margin,
+        "p_value": p_value,
+        "baseline_margin": baseline_margin,
+    }
+    # evaluate and register follow the train task inside each branch: kfp.local (2.17) resolves
+    # dsl.OneOf only for parameters ("Expected 1 artifact in ArtifactSelectorSpec"), so a
+    # OneOf of the two model artifacts after the branches would not run in `make run-local`.
+    with dsl.ExitHandler(cleanup, name="run"):
+        prep = preprocess(
+            data_uri=data_uri, config_yaml=config_yaml, overrides=overrides, synth_args=synth_args
         )
-        registration.set_display_name("register").set_cpu_request("1")
-        registration.set_memory_request("2Gi").set_cpu_limit("2").set_memory_limit("4Gi")
-        registration.set_retry(2).set_caching_options(False)  # idempotent per run id
-        _with_secrets(registration, ["ssr-s3-credentials", "ssr-mlflow-credentials"])
-    return evaluation.outputs["Output"]
+        prep.set_display_name("preprocess").set_cpu_request("2").set_memory_request("4Gi")
+        prep.set_cpu_limit("4").set_memory_limit("8Gi").set_retry(2)
+        prep.set_caching_options(False)  # a cache key of the data_uri string misses new files
+        _with_secrets(prep, [S3])
+
+        with dsl.If(num_nodes == 1, name="single-node"):
+            trainer = train(
+                processed=prep.outputs["processed"],
+                checkpoint_root=checkpoint_root,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,  # alone, or the driver leaves it as is
+                config_yaml=config_yaml,
+                overrides=overrides,
+                epochs=epochs,
+            )
+            trainer.set_display_name("train").set_caching_options(False)
+            trainer.set_container_image(SSR_TRAIN_IMAGE)
+            trainer.set_accelerator_type(gpu_type).set_accelerator_limit(gpus_per_node)
+            # The compiler does not plumb channels used only in resource settings through the
+            # enclosing dsl.If / ExitHandler groups (the driver and kfp.local would miss them):
+            # register them as the task's inputs.
+            trainer.register_pipeline_channels([gpu_type, gpus_per_node])
+            trainer.set_cpu_request("4").set_cpu_limit("8")
+            trainer.set_memory_request("16Gi").set_memory_limit("32Gi")
+            trainer.set_retry(3, backoff_duration="60s", backoff_factor=2.0)
+            kubernetes.empty_dir_mount(
+                trainer, volume_name="dshm", mount_path="/dev/shm", medium="Memory"
+            )
+            kubernetes.add_toleration(
+                trainer, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"
+            )
+            _with_secrets(trainer, list(SECRETS))
+            _evaluate_and_register(trainer.outputs["model"], prep, **gate)
+        with dsl.Else(name="multi-node"):
+            launcher = train_distributed(
+                processed=prep.outputs["processed"],
+                checkpoint_root=checkpoint_root,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                image=SSR_TRAIN_IMAGE,
+                num_nodes=num_nodes,
+                gpus_per_node=gpus_per_node,
+                config_yaml=config_yaml,
+                overrides=overrides,
+                epochs=epochs,
+                deadline_seconds=trainjob_deadline_seconds,
+            )
+            # Waits for the TrainJob; a retry re-attaches to the job instead of starting another.
+            launcher.set_display_name("train-trainjob").set_caching_options(False)
+            launcher.set_cpu_request("250m").set_cpu_limit("1")
+            launcher.set_memory_request("1Gi").set_memory_limit("2Gi")
+            launcher.set_retry(3, backoff_duration="60s", backoff_factor=2.0)
+            _with_secrets(launcher, [S3])  # probe, config and best model; nodes get all three
+            _with_namespace(launcher)
+            _evaluate_and_register(launcher.outputs["model"], prep, **gate)

@@ -37,6 +37,7 @@ class StandIn:
     default_script: list[tuple[str, str]] = field(default_factory=lambda: [("Complete", "")])
     logs: dict[str, list[str]] = field(default_factory=dict)
     runtimes: set[str] = field(default_factory=lambda: {"torch-distributed"})
+    on_complete: Any = None  # called with a job when it turns Complete
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -47,6 +48,7 @@ class StandIn:
             self.logs.clear()
             self.requests.clear()
             self.default_script = [("Complete", "")]
+            self.on_complete = None
 
     def add_job(self, namespace: str, body: dict[str, Any], state: str, message: str = "") -> None:
         """A job as if an earlier attempt had created it, in ``state``."""
@@ -145,6 +147,8 @@ def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
                     steps = state.script.setdefault(name, list(state.default_script))
                     if steps and job["status"]["conditions"] == []:
                         _set_state(job, *steps.pop(0))
+                        if state.on_complete and job["status"]["conditions"]:
+                            state.on_complete(job)
                     return self._send(200, job)
                 if method == "DELETE":
                     del state.jobs[(namespace, name)]

@@ -101,18 +101,43 @@ def test_compiled_train_image_is_a_compile_time_option(tmp_path, monkeypatch):
     assert _executor(spec, "preprocess")["image"] == "reg.example.com/ssr:1"
 
 
-def test_compiled_gpu_count_reaches_the_driver_as_a_string(compiled):
+def _components_on_the_way(spec: dict, task: str) -> list[str]:
+    """The DAG components from the root down to the one that holds ``task``."""
+    comps = spec["components"]
+
+    def walk(dag: dict, path: list[str]) -> list[str] | None:
+        if task in dag["tasks"]:
+            return path
+        for t in dag["tasks"].values():
+            name = t["componentRef"]["name"]
+            if "dag" in comps[name]:
+                found = walk(comps[name]["dag"], [*path, name])
+                if found is not None:
+                    return found
+        return None
+
+    return walk(spec["root"]["dag"], []) or []
+
+
+def test_compiled_gpus_per_node_reaches_the_driver_as_a_string(compiled):
     """The driver resolves the accelerator count with GetStringValue(): a number gives "" and
-    no nvidia.com/gpu limit. The count must be a STRING parameter from the root to the task."""
+    no nvidia.com/gpu limit. The count must be a STRING parameter from the root to the task,
+    through every group around it (dsl.If, dsl.ExitHandler)."""
     spec = compiled["spec"]
     resources = _executor(spec, "train")["resources"]
-    channel = "pipelinechannel--gpu_count"
+    channel = "pipelinechannel--gpus_per_node"
     assert resources["accelerator"]["resourceCount"] == f"{{{{$.inputs.parameters['{channel}']}}}}"
     assert "pipelinechannel--gpu_type" in resources["accelerator"]["resourceType"]
-    inputs = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
-    assert inputs[channel] == {"componentInputParameter": "gpu_count"}
+    inputs = _tasks(spec)["train"]["inputs"]["parameters"]
+    assert inputs[channel] == {"componentInputParameter": channel}
+    groups = _components_on_the_way(spec, "train")
+    assert len(groups) >= 3  # exit handler, If/Else branches, If
+    for name in groups:
+        params = spec["components"][name]["inputDefinitions"]["parameters"]
+        assert params[channel]["parameterType"] == "STRING", name
+        assert "pipelinechannel--gpu_type" in params, name
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["gpu_count"] == {
+    assert params["gpus_per_node"] == {
         "defaultValue": "2",
         "isOptional": True,
         "parameterType": "STRING",
@@ -130,7 +155,9 @@ def test_compiled_checkpoint_path_gets_the_run_id_as_its_own_parameter(compiled)
     tasks = _tasks(spec)
     train = tasks["train"]["inputs"]["parameters"]
     assert train["run_id"] == {"runtimeValue": {"constant": dsl.PIPELINE_JOB_ID_PLACEHOLDER}}
-    assert train["checkpoint_root"] == {"componentInputParameter": "checkpoint_root"}
+    assert train["checkpoint_root"] == {
+        "componentInputParameter": "pipelinechannel--checkpoint_root"
+    }
     assert "checkpoint_dir" not in train
     register = tasks["register"]["inputs"]["parameters"]
     assert register["pipeline_run_id"] == {
@@ -147,6 +174,71 @@ def test_compiled_checkpoint_path_gets_the_run_id_as_its_own_parameter(compiled)
     assert root.startswith("s3://mlpipeline/shared/")
 
 
+def test_compiled_multi_node_branch_and_exit_handler(compiled):
+    """num_nodes == 1: the GPU train task; else a small launcher pod that runs the TrainJob.
+    Evaluate and register take the model of whichever ran; an exit handler deletes the job."""
+    spec, tasks = compiled["spec"], _tasks(compiled["spec"])
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["num_nodes"]["defaultValue"] == 1
+    assert params["num_nodes"]["parameterType"] == "NUMBER_INTEGER"
+    assert params["trainjob_deadline_seconds"]["defaultValue"] == 24 * 3600
+    assert "gpu_count" not in params
+    conditions = {
+        t["componentRef"]["name"]: t["triggerPolicy"]["condition"]
+        for t in tasks.values()
+        if "num_nodes" in str(t.get("triggerPolicy"))
+    }
+    single = next(c for c, cond in conditions.items() if not cond.startswith("!"))
+    multi = next(c for c, cond in conditions.items() if cond.startswith("!"))
+    # Each branch trains, then evaluates and (gated) registers the model it trained.
+    single_tasks = spec["components"][single]["dag"]["tasks"]
+    multi_tasks = spec["components"][multi]["dag"]["tasks"]
+    assert {"train", "evaluate"} <= set(single_tasks)
+    assert {"train-distributed", "evaluate-2"} <= set(multi_tasks)
+    for evaluate, trainer in (
+        (single_tasks["evaluate"], "train"),
+        (multi_tasks["evaluate-2"], "train-distributed"),
+    ):
+        model = evaluate["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
+        assert model == {"outputArtifactKey": "model", "producerTask": trainer}
+    for register in ("register", "register-2"):
+        assert tasks[register]["inputs"]["artifacts"]["model"]["componentInputArtifact"]
+    # The launcher: the train image as a parameter, the run id alone, no GPU, little CPU.
+    launcher = tasks["train-distributed"]["inputs"]["parameters"]
+    assert launcher["image"] == {
+        "runtimeValue": {"constant": "registry.example.com/ssr:9.9.9-cuda"}
+    }
+    assert launcher["run_id"] == {"runtimeValue": {"constant": dsl.PIPELINE_JOB_ID_PLACEHOLDER}}
+    assert launcher["num_nodes"]["componentInputParameter"].endswith("num_nodes")
+    assert launcher["deadline_seconds"]["componentInputParameter"].endswith(
+        "trainjob_deadline_seconds"
+    )
+    resources = _executor(spec, "train-distributed")["resources"]
+    assert "accelerator" not in resources and resources["resourceCpuLimit"] == "1"
+    assert _executor(spec, "train-distributed")["image"] == "registry.example.com/ssr:9.9.9"
+    # The exit handler: cleanup runs after every other task, however they ended.
+    root = spec["root"]["dag"]["tasks"]
+    cleanup = root["delete-trainjob"]
+    assert cleanup["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert set(cleanup["dependentTasks"]) == {n for n in root if n != "delete-trainjob"}
+    status = cleanup["inputs"]["parameters"]["status"]
+    assert "taskFinalStatus" in status
+    assert cleanup["inputs"]["parameters"]["run_id"] == {
+        "runtimeValue": {"constant": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+    }
+    # The launcher and the cleanup create/delete in the run's own namespace, with the S3 key
+    # only (the TrainJob's pods get every secret by reference).
+    k8s = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for step in ("exec-train-distributed", "exec-delete-trainjob"):
+        assert k8s[step]["fieldPathAsEnv"] == [
+            {"fieldPath": "metadata.namespace", "name": "SSR_NAMESPACE"}
+        ]
+    assert [s["secretName"] for s in k8s["exec-train-distributed"]["secretAsEnv"]] == [
+        "ssr-s3-credentials"
+    ]
+    assert "secretAsEnv" not in k8s["exec-delete-trainjob"]
+
+
 def test_compiled_caching_is_off_for_every_step(compiled):
     """preprocess would be keyed on the data_uri string (new files under the same prefix never
     processed); train, evaluate and register write to object storage and MLflow."""
@@ -157,14 +249,16 @@ def test_compiled_caching_is_off_for_every_step(compiled):
 
 def test_compiled_retries_and_gate(compiled):
     spec = compiled["spec"]
-    tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 3
-    assert tasks["train"]["retryPolicy"]["backoffDuration"] == "60s"
-    gate = tasks["condition-1"]
-    assert "min_accuracy" in gate["triggerPolicy"]["condition"]
-    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    tasks = _tasks(spec)
     # Honoured by KFP >= 2.14 only (2.5 reads retry policies of root tasks); see README.md.
-    assert inner["register"]["retryPolicy"]["maxRetryCount"] == 2
+    for step in ("train", "train-distributed"):
+        assert tasks[step]["retryPolicy"]["maxRetryCount"] == 3
+        assert tasks[step]["retryPolicy"]["backoffDuration"] == "60s"
+    gates = [t for t in tasks.values() if "min_accuracy" in str(t.get("triggerPolicy"))]
+    assert len(gates) == 2  # one per training branch
+    for gate in gates:
+        (inner,) = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"].values()
+        assert inner["retryPolicy"]["maxRetryCount"] == 2
 
 
 def test_compiled_register_gets_baseline_margin(compiled):
@@ -202,7 +296,7 @@ def _submit_lines() -> list[list[str]]:
 
 def test_readme_submit_lines_parse_with_the_installed_kfp_cli(compiled):
     """Global options before `run`, `run create` options after it, parameters whose JSON values
-    have the compiled parameters' types (gpu_count a string)."""
+    have the compiled parameters' types (gpus_per_node a string)."""
     from kfp.cli import run as run_cli
     from kfp.cli.cli import cli
     from kfp.cli.utils.parsing import parse_parameter_value

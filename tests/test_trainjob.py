@@ -374,3 +374,40 @@ def test_cli_dry_run_prints_a_valid_body(capsys):
     assert trainer["numNodes"] == 3 and trainer["numProcPerNode"] == 1
     assert "nvidia.com/gpu" not in trainer["resourcesPerNode"]["limits"]
     assert trainer["args"][-2:] == ["--", "a.b=1"]
+
+
+def test_launcher_step_through_kfp_local(cluster, processed, tmp_path, monkeypatch, capfd):
+    """The launcher component and the exit handler's cleanup, run by kfp.local's
+    SubprocessRunner: the component reaches the stand-in through $KUBECONFIG, uploads the local
+    data set beside the checkpoints, follows the job, exports the model; cleanup deletes it."""
+    from kfp import local
+    from trainjob_pipeline import launch_only
+
+    standin, s3 = cluster["standin"], cluster["s3"]
+    standin.default_script = [("Running", ""), ("Complete", "")]
+
+    def finish(job: dict) -> None:
+        run_id = job["metadata"]["annotations"]["ssr.io/pipeline-run-id"]
+        _put_best(s3, cluster["bucket"], run_id, loss=0.125)
+        standin.logs[job["metadata"]["name"]] = ["rank 0: epoch 1 done"]
+
+    standin.on_complete = finish
+
+    monkeypatch.setenv("SSR_NAMESPACE", NAMESPACE)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    launch_only(artifact_uri=str(processed.parent), checkpoint_root=cluster["root"], image=IMAGE)
+    (post,) = standin.calls("POST")
+    validate_trainjob(post[2])
+    args = post[2]["spec"]["trainer"]["args"]
+    run_id = post[2]["metadata"]["annotations"]["ssr.io/pipeline-run-id"]
+    assert f"data.processed_dir={cluster['root']}/{run_id}/processed" in args
+    listed = s3.client().list_objects_v2(
+        Bucket=cluster["bucket"], Prefix=f"runs/{run_id}/processed/"
+    )
+    assert listed.get("KeyCount", 0) > 0  # the local data set, uploaded for the nodes
+    assert [r[0] for r in standin.calls("DELETE")] == ["DELETE"]  # the exit handler's cleanup
+    assert standin.jobs == {}
+    out = capfd.readouterr()
+    assert "[node-0] rank 0: epoch 1 done" in out.out + out.err
+    models = list((tmp_path / "kfp").rglob("model"))
+    assert any(m.is_file() and torch.load(m)["best_val_loss"] == 0.125 for m in models)

@@ -1,0 +1,45 @@
+"""KFP component: multi-node training as a Kubeflow Trainer TrainJob, launched and followed
+from a small pod (no GPU); exports the best checkpoint like :mod:`components.train`."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.image import SSR_IMAGE
+
+
+@dsl.component(base_image=SSR_IMAGE, install_kfp_package=False)
+def train_distributed(
+    processed: Input[Dataset],
+    model: Output[Model],
+    checkpoint_root: str,
+    run_id: str,
+    image: str,
+    num_nodes: int,
+    gpus_per_node: str,
+    config_yaml: str = "",
+    overrides: list = [],  # noqa: B006 - KFP parameter default
+    epochs: int = 30,
+    deadline_seconds: int = 86400,
+) -> float:
+    """Same as ``ssr trainjob launch``: ``torchrun -m ssr train --resume auto`` on
+    ``num_nodes`` nodes of ``image`` in ``<checkpoint_root>/<run_id>`` (``s3://``); re-attaches
+    to the run's job on a retry; returns the best validation loss. ``run_id`` must be exactly
+    ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``."""
+    from ssr.steps import distributed_train_step
+
+    result = distributed_train_step(
+        processed.path,
+        processed.uri,
+        model.path,
+        checkpoint_root,
+        run_id,
+        config_yaml,
+        overrides,
+        epochs,
+        num_nodes,
+        gpus_per_node,
+        image,
+        deadline_seconds,
+    )
+    model.metadata.update(result)
+    return float(result["best_val_loss"])
