@@ -153,6 +153,7 @@ def expected_body(bucket: str) -> dict:
                                             "spec": {
                                                 "template": {
                                                     "spec": {
+                                                        "terminationGracePeriodSeconds": 120,
                                                         "volumes": [
                                                             {
                                                                 "name": "dshm",
@@ -349,6 +350,7 @@ def test_node_waits_for_the_master_then_execs_torchrun(tmp_path, monkeypatch):
             f"--master-addr={env['PET_MASTER_ADDR']}",
             "--master-port=29500",
             "--rdzv-conf=timeout=300",
+            "--shutdown-timeout=90",
             "-m",
             "ssr",
             "train",

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from ssr.cluster.trainjob import SHUTDOWN_SECONDS
 from ssr.errors import SSRError
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def torchrun_argv(
         f"--master-addr={env['PET_MASTER_ADDR']}",
         f"--master-port={env.get('PET_MASTER_PORT') or DEFAULT_MASTER_PORT}",
         f"--rdzv-conf=timeout={int(rendezvous_timeout)}",
+        f"--shutdown-timeout={SHUTDOWN_SECONDS}",  # SIGTERM -> trainers checkpoint, then exit
         "-m",
         "ssr",
         "train",

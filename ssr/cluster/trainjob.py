@@ -27,6 +27,12 @@ RUN_ID_LABEL = "ssr.io/pipeline-run-id"
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
+# Preemption: the trainers get SHUTDOWN_SECONDS after SIGTERM to save a checkpoint (torchrun's
+# --shutdown-timeout), inside a pod grace period with room for torchrun itself to exit.
+SHUTDOWN_SECONDS = 90
+GRACE_SECONDS = SHUTDOWN_SECONDS + 30
+
+
 class TrainJobError(SSRError):
     """A TrainJob could not be built, created, or it failed."""
 
@@ -50,9 +56,13 @@ def _resources(gpus: int, cpu: str, memory: str, gpu_resource: str) -> dict[str,
 
 
 def _runtime_patch(gpus: int, shm_size: str, gpu_resource: str) -> dict[str, Any]:
-    """/dev/shm as a memory-backed emptyDir (DataLoader workers; the runtime has none) and, with
-    GPUs, a toleration of the GPU nodes' taint; on the runtime's ``node`` pods."""
+    """/dev/shm as a memory-backed emptyDir (DataLoader workers; the runtime has none), the
+    preemption grace period and, with GPUs, a toleration of the GPU nodes' taint; on the
+    runtime's ``node`` pods."""
     pod: dict[str, Any] = {
+        # torchrun (the pod's PID 1) passes SIGTERM to the trainers and waits SHUTDOWN_SECONDS
+        # for their checkpoint before SIGKILL; the kubelet must wait longer than that.
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}}],
         "containers": [{"name": NODE, "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}],
     }
