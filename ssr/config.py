@@ -122,8 +122,24 @@ class TrainingConfig(_Section):
     lr_patience: int = Field(5, ge=0)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 on a CUDA GPU that supports it, else fp16 with a gradient "
+        "scaler; fp32 on CPU",
+    )
     compile: bool = False
+    dist_timeout_s: int = Field(
+        900,
+        ge=1,
+        description="DDP: a collective (or joining the process group) that waits longer than "
+        "this on a stuck rank fails the job instead of hanging",
+    )
+    io_timeout_s: int = Field(
+        3600,
+        ge=1,
+        description="DDP: how long the other ranks wait for rank 0's checkpoint upload, plots "
+        "and tracking calls at the end of an epoch",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     run_id: str | None = Field(
         None,

@@ -294,6 +294,55 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(processed: Path, tmp_pat
     assert a["early_stopping"] == b["early_stopping"]
 
 
+class PreemptedAt(Trainer):
+    """Asks to stop now (as SIGTERM does) after global step ``stop_at``: a mid-epoch save."""
+
+    stop_at = 15  # epoch 3 of 6 steps
+
+    def _build(self) -> None:
+        super()._build()
+        hook = lambda *_: self.global_step + 1 == self.stop_at and self.request_stop(now=True)  # noqa: E731
+        self.optimizer.register_step_post_hook(hook)
+
+
+def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
+    a = load_checkpoint(str(a_dir / "checkpoints" / "last.pth"))
+    b = load_checkpoint(str(b_dir / "checkpoints" / "last.pth"))
+    assert b["epoch"] == a["epoch"] and b["global_step"] == a["global_step"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
+
+
+@pytest.mark.slow
+def test_resume_with_dataloader_workers_is_exact(processed: Path, tmp_path: Path) -> None:
+    """Worker processes (num_workers=2): after an epoch-end stop and after a mid-epoch stop,
+    the resumed run ends with the weights of the uninterrupted one (the validation loader
+    must not draw its worker seed from the global RNG)."""
+
+    def overrides(work: Path) -> list[str]:
+        return tiny_overrides(
+            processed,
+            work,
+            training__num_epochs=4,
+            training__viz_interval=100,
+            training__num_workers=2,
+        )
+
+    assert Trainer(load_config(None, overrides(tmp_path / "a"))).fit().epochs_run == 4
+    stopped = StopsAfter(load_config(None, overrides(tmp_path / "b"))).fit()
+    assert stopped.epochs_run == 2 and stopped.stop_requested
+    assert main(["train", "--resume", "auto", *overrides(tmp_path / "b")]) == 0
+    _assert_same_weights(tmp_path / "a", tmp_path / "b")
+
+    preempted = PreemptedAt(load_config(None, overrides(tmp_path / "c"))).fit()
+    assert preempted.preempted and preempted.epochs_run == 3
+    saved = load_checkpoint(str(tmp_path / "c" / "checkpoints" / "last.pth"))
+    assert 0 < saved["epoch_progress"]["batches_done"] < 6
+    assert main(["train", "--resume", "auto", *overrides(tmp_path / "c")]) == 0
+    _assert_same_weights(tmp_path / "a", tmp_path / "c")
+
+
 def test_resume_auto_without_checkpoint_starts_fresh(processed: Path, tmp_path: Path) -> None:
     args = tiny_overrides(processed, tmp_path, training__num_epochs=1, training__viz_interval=5)
     assert main(["train", "--resume", "auto", *args]) == 0

@@ -255,3 +255,29 @@ def restore_model(state: dict[str, Any], source: str) -> tuple[torch.nn.Module, 
     model = build_model(cfg.model, len(labels))
     load_weights(model, state["model"], source)
     return model, cfg, labels
+
+
+RESUME_KEYS = ("model", "optimizer", "scheduler", "early_stopping", "epoch", "rng", "labels")
+
+
+def check_resumable(
+    state: dict[str, Any], source: str, labels: list[str], model: dict[str, Any]
+) -> None:
+    """Refuse to continue a checkpoint that is not a training checkpoint, or was trained on
+    other labels or another model architecture (``model``: the current ``cfg.model`` dump;
+    dropout may change)."""
+    missing = [k for k in (*RESUME_KEYS, "config") if k not in state]
+    if missing:
+        raise CheckpointError(f"{source}: not a resumable ssr checkpoint (missing {missing})")
+    if checkpoint_labels(state, source) != labels:
+        raise CheckpointError(
+            f"{source}: labels {list(state['labels'])} differ from the data set's {labels}"
+        )
+    config = state["config"]
+    stored = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{source}: stored config has no 'model' section")
+    diff = sorted(k for k in model if k != "dropout" and stored.get(k) != model[k])
+    if diff:
+        changes = ", ".join(f"model.{k}: {stored.get(k)} -> {model[k]}" for k in diff)
+        raise CheckpointError(f"{source}: model config differs from the checkpoint ({changes})")

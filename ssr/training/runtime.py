@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,8 @@ import numpy as np
 import torch
 
 from ssr.errors import ConfigError, SSRError
+
+log = logging.getLogger(__name__)
 
 OOM_ADVICE = (
     "out of memory while training. Try, in this order: reduce training.batch_size "
@@ -38,6 +41,32 @@ def is_oom(exc: BaseException) -> bool:
     )
 
 
+@contextlib.contextmanager
+def oom_guard(device: torch.device) -> Iterator[None]:
+    """Turn running out of memory into a :class:`TrainingOOMError` with advice."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if is_oom(exc):
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise TrainingOOMError(f"{OOM_ADVICE} ({str(exc).splitlines()[0]})") from None
+        raise
+
+
+def stop_workers(*loaders: Any) -> None:
+    """Stop the persistent worker processes of DataLoaders now, not at garbage collection.
+
+    Workers ignore SIGTERM (:mod:`ssr.training.signals`), so a worker still alive when the
+    interpreter exits would block multiprocessing's exit handler (terminate, then join) forever.
+    """
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            loader._iterator = None
+
+
 def select_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ConfigError."""
     if name == "auto":
@@ -48,15 +77,35 @@ def select_device(name: str) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 on CUDA for ``auto``/``bf16``; None (fp32) otherwise.
+    """The autocast dtype for ``training.precision`` on ``device`` (None: fp32).
 
-    bf16 on CPU is allowed only when asked for explicitly (``precision=bf16``).
+    ``auto``: bf16 on a CUDA device that supports it, else fp16 (trained with a gradient
+    scaler, see :func:`grad_scaler`); fp32 on CPU. ``bf16``/``fp16`` are used as asked, on
+    CPU too.
     """
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp16":
+        return torch.float16
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``bf16``, ``fp16`` or ``fp32`` for an autocast dtype from :func:`autocast_dtype`."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")  # type: ignore[arg-type]
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled for fp16 only (a pass-through otherwise).
+
+    fp16 gradients underflow without loss scaling; the scaler skips a step whose gradients
+    overflowed (and lowers the scale), so such steps are not divergence.
+    """
+    return torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
 
 @contextlib.contextmanager
@@ -74,6 +123,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int, salt: int = 0) -> int:
+    """The seed of ``rank`` (``seed`` itself for rank 0 without ``salt``): ranks of one DDP job
+    draw different dropout and augmentation, reproducibly."""
+    if rank == 0 and salt == 0:
+        return seed
+    return (seed + 1_000_003 * rank + 7_919 * salt) % 2**63
 
 
 def rng_state() -> dict[str, Any]:
@@ -113,3 +170,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def restore_rank_rng(
+    state: dict[str, Any], rank: int, world_size: int, seed: int, source: str
+) -> bool:
+    """Continue this rank's random streams saved in checkpoint ``state`` (``rng_ranks``).
+
+    Returns False when the checkpoint was written by another number of processes: then the
+    streams cannot continue, and each rank is reseeded from ``training.seed``, its rank and
+    the step (deterministic), with a warning. ``seed``: ``training.seed``.
+    """
+    saved = int(state.get("world_size", 1))
+    ranks = state.get("rng_ranks")
+    if saved == world_size and isinstance(ranks, list) and len(ranks) == world_size:
+        set_rng_state(ranks[rank])
+    elif saved == world_size == 1:  # written before rng_ranks existed
+        set_rng_state(state["rng"])
+    else:
+        seed_everything(rank_seed(seed, rank, salt=1 + int(state.get("global_step", 0))))
+        if rank == 0:
+            log.warning(
+                "%s: written by %d process(es), resumed by %d: the per-rank random streams "
+                "cannot continue exactly; each rank is reseeded from training.seed, its rank "
+                "and the step%s",
+                source,
+                saved,
+                world_size,
+                "; the interrupted epoch restarts" if state.get("epoch_progress") else "",
+            )
+    return saved == world_size
