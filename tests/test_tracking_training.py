@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from helpers_data import tiny_overrides
 from mlflow.tracking import MlflowClient
+from mlflow_images import logged_images
 from servers import start_mlflow, stop_mlflow
 from wandb_offline import offline_runs
 
@@ -77,7 +78,10 @@ def test_training_then_resume_log_one_continuous_run(processed, mlflow_server, t
     assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"])
     cms = [a.path for a in client.list_artifacts(run.info.run_id, "plots/val/confusion_matrix")]
     jsons = [f"plots/val/confusion_matrix/step-00000{e}.json" for e in (1, 2, 3, 4)]
-    assert set(jsons) <= set(cms) and len(cms) == 8  # a JSON and a PNG per epoch
+    assert cms == jsons  # the counts per epoch; the plots are MLflow images with a step
+    images = logged_images(client, run.info.run_id)
+    assert [s for k, s in images if k == "val/confusion_matrix"] == [1, 2, 3, 4]
+    assert [s for k, s in images if k == "val/predictions"] == [1, 2, 3, 4]
     cm = json.loads(
         Path(client.download_artifacts(run.info.run_id, jsons[-1], str(tmp_path))).read_text()
     )
@@ -112,7 +116,8 @@ def test_training_then_resume_log_one_continuous_run(processed, mlflow_server, t
     ev_files = [
         a.path for a in client.list_artifacts(ev.info.run_id, "plots/test/confusion_matrix")
     ]
-    assert sorted(Path(p).suffix for p in ev_files) == [".json", ".png"]  # one matrix, one plot
+    assert [Path(p).suffix for p in ev_files] == [".json"]  # one matrix, and one plot:
+    assert logged_images(client, ev.info.run_id) == [("test/confusion_matrix", 0)]
     assert {a.path for a in client.list_artifacts(ev.info.run_id, "evaluation")} == {
         "evaluation/metrics.json",
         "evaluation/predictions.json",

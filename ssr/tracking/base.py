@@ -1,87 +1,43 @@
-"""The tracking interface used by the trainer and evaluator."""
+"""Opening the tracker of a run: the table of backends and :func:`open_tracker`.
+
+:class:`Tracker` and :class:`NullTracker` live in :mod:`ssr.tracking.tracker` and are
+re-exported here.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
-import os
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ssr.redact import redact
+from ssr.tracking.context import default_run_name, run_tags
+from ssr.tracking.fanout import FanoutTracker
+from ssr.tracking.tracker import NullTracker, RunSpec, Tracker
 
 if TYPE_CHECKING:
     from ssr.config import Config
 
+__all__ = ["BACKENDS", "NullTracker", "RunSpec", "Tracker", "backend_class", "open_tracker"]
+
 log = logging.getLogger(__name__)
 
-
-@runtime_checkable
-class Tracker(Protocol):
-    """What the trainer and evaluator log to. Implementations never raise on backend failure."""
-
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
-
-    def log_image(
-        self, path: str | os.PathLike[str], key: str, step: int | None = None
-    ) -> None: ...
-
-    def log_confusion_matrix(
-        self,
-        y_true: Sequence[int],
-        y_pred: Sequence[int],
-        labels: Sequence[str],
-        key: str,
-        step: int | None = None,
-    ) -> None: ...
-
-    def log_artifact(
-        self, path: str | os.PathLike[str], artifact_path: str | None = None
-    ) -> None: ...
-
-    def set_tags(self, tags: Mapping[str, str]) -> None: ...
-
-    def run_ids(self) -> dict[str, str]:
-        """Backend run ids (e.g. ``{"mlflow": ..., "wandb": ...}``) stored in checkpoints."""
-        ...
-
-    def finish(self, status: str = "FINISHED") -> None: ...
+# backend name (also its section in ``cfg.tracking``, with an ``enabled`` switch) -> its
+# Tracker class as "module:Class", imported only when enabled (mlflow and wandb load slowly)
+BACKENDS: dict[str, str] = {
+    "mlflow": "ssr.tracking.mlflow_backend:MlflowTracker",
+    "wandb": "ssr.tracking.wandb_backend:WandbTracker",
+}
 
 
-class NullTracker:
-    """Logs nothing; used when tracking is off and in unit tests."""
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        pass
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        pass
-
-    def log_image(self, path: str | os.PathLike[str], key: str, step: int | None = None) -> None:
-        pass
-
-    def log_confusion_matrix(
-        self,
-        y_true: Sequence[int],
-        y_pred: Sequence[int],
-        labels: Sequence[str],
-        key: str,
-        step: int | None = None,
-    ) -> None:
-        pass
-
-    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
-
-    def run_ids(self) -> dict[str, str]:
-        return {}
-
-    def finish(self, status: str = "FINISHED") -> None:
-        pass
+def backend_class(name: str) -> type[Tracker]:
+    """The Tracker class registered as ``name`` in :data:`BACKENDS`."""
+    module, _, cls = BACKENDS[name].partition(":")
+    found = getattr(importlib.import_module(module), cls)
+    if not (isinstance(found, type) and issubclass(found, Tracker)):
+        raise TypeError(f"tracking backend {name!r}: {BACKENDS[name]} is not a Tracker")
+    return found
 
 
 def open_tracker(
@@ -101,48 +57,25 @@ def open_tracker(
     """
     if rank != 0:
         return NullTracker()
-    from ssr.tracking.context import default_run_name, run_tags
-    from ssr.tracking.fanout import FanoutTracker
-
     ids = dict(resume_ids or {})
     tags = run_tags(cfg, job, fingerprint, device)
     name = default_run_name(cfg, job, fingerprint)
     backends: dict[str, Tracker] = {}
-    if cfg.tracking.mlflow.enabled:
+    for backend in BACKENDS:
+        if not getattr(cfg.tracking, backend).enabled:
+            continue
+        spec = RunSpec(cfg, job, name, tags, resume_id=ids.get(backend))
         try:
-            from ssr.tracking.mlflow_backend import MlflowTracker
-
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.mlflow.tracking_uri
-            backends["mlflow"] = MlflowTracker(
-                uri, cfg.tracking.mlflow.experiment, name, tags, resume_run_id=ids.get("mlflow")
-            )
+            tracker = backend_class(backend).open(spec)
         except Exception as exc:
             log.warning(
-                "tracking: mlflow could not be opened (%s); continuing without it", redact(str(exc))
+                "tracking: %s could not be opened (%s); continuing without it",
+                backend,
+                redact(str(exc)),
             )
-    wcfg = cfg.tracking.wandb
-    if wcfg.enabled:
-        try:
-            from ssr.tracking.wandb_backend import WandbTracker, resolve_mode
-
-            mode = resolve_mode(wcfg.mode)
-            if mode != "disabled":
-                resume_id = ids.get("wandb")
-                backends["wandb"] = WandbTracker(
-                    wcfg.project,
-                    None if resume_id and not cfg.tracking.run_name else name,
-                    cfg.flat(),
-                    tags,
-                    entity=wcfg.entity,
-                    mode=mode,
-                    directory=os.environ.get("WANDB_DIR") or wcfg.dir,
-                    resume_id=resume_id,
-                    job=job,
-                )
-        except Exception as exc:
-            log.warning(
-                "tracking: wandb could not be opened (%s); continuing without it", redact(str(exc))
-            )
+            continue
+        if tracker is not None:
+            backends[backend] = tracker
     if not backends:
         return NullTracker()
     return FanoutTracker(backends)

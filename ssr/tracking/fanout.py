@@ -8,12 +8,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ssr.redact import redact
-from ssr.tracking.base import Tracker
+from ssr.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
 
-class FanoutTracker:
+class FanoutTracker(Tracker):
     """Forward each call to every backend; a backend that raises is logged as a warning.
 
     A failing backend keeps receiving later calls (it may recover). The first failure of a

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,37 @@ def open_client(uri: str, create: bool = True) -> Any:
         client.search_experiments(max_results=1)  # opens (creates, migrates) the tracking store
         client.search_registered_models(max_results=1)  # and the registry's tables
     return client
+
+
+def safe_path(key: str) -> str:
+    """An artifact sub-path from a key: ``val/confusion matrix`` -> ``val/confusion_matrix``."""
+    parts = [re.sub(r"[^A-Za-z0-9_.-]+", "_", p) for p in key.split("/")]
+    parts = [p for p in parts if p not in ("", ".", "..")]
+    return "/".join(parts) or "item"
+
+
+def local_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts of a ``sqlite:///`` store go beside the database file, not in ``./mlruns``
+    of whatever folder the run happened to start in; None for other stores (server default)."""
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return None
+    db = path.resolve()
+    return (db.parent / "mlruns" / safe_path(experiment)).as_uri()
+
+
+def ensure_experiment(client: Any, name: str) -> str:
+    """The id of experiment ``name`` (``client``: an ``MlflowClient``), created race-safe."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = local_artifact_location(str(client.tracking_uri), name)
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except Exception as exc:  # MlflowException; mlflow is imported only where a client is made
+        if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return str(client.get_experiment_by_name(name).experiment_id)
 
 
 def env_or(uri: str) -> str:

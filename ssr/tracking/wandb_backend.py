@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ssr.redact import redact, redact_values
+from ssr.tracking.tracker import RunSpec, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,28 @@ def _artifact_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "artifact"
 
 
-class WandbTracker:
-    """A :class:`~ssr.tracking.base.Tracker` writing one W&B run through its own run object."""
+class WandbTracker(Tracker):
+    """A :class:`~ssr.tracking.tracker.Tracker` writing one W&B run through its own run object."""
+
+    @classmethod
+    def open(cls, spec: RunSpec) -> WandbTracker | None:
+        """The run of ``spec.cfg.tracking.wandb``; None in ``disabled`` mode."""
+        wcfg = spec.cfg.tracking.wandb
+        mode = resolve_mode(wcfg.mode)
+        if mode == "disabled":
+            return None
+        resumed = bool(spec.resume_id) and not spec.cfg.tracking.run_name
+        return cls(
+            wcfg.project,
+            None if resumed else spec.name,
+            spec.cfg.flat(),
+            spec.tags,
+            entity=wcfg.entity,
+            mode=mode,
+            directory=os.environ.get("WANDB_DIR") or wcfg.dir,
+            resume_id=spec.resume_id,
+            job=spec.job,
+        )
 
     def __init__(
         self,
@@ -55,7 +76,7 @@ class WandbTracker:
         job: str = "train",
         init_timeout: float = 60.0,
     ) -> None:
-        import wandb
+        import wandb  # deferred: slow to import, and only needed when W&B is on
 
         self._wandb = wandb
         Path(directory).mkdir(parents=True, exist_ok=True)
