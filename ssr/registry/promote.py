@@ -5,22 +5,15 @@ Aliases (never the deprecated stages): ``challenger`` is the newest registered c
 model tag ``champion_history`` holds the ordered list of champion versions (oldest first);
 after every move ``champion`` equals its last entry and ``previous-champion`` the one before.
 
-Locking: MLflow has no compare-and-set, but creating a registered model is atomic (its name is
-the primary key; a second create fails with RESOURCE_ALREADY_EXISTS). A promotion therefore
-creates the registered model ``<name>.promotion-lock`` (tags: owner id, expiry), moves the
-aliases, verifies them and deletes the lock. A lock whose lease expired (a crashed promoter)
-is broken by whoever finds it, after re-reading that its owner has not changed.
+Every move happens under :class:`~ssr.registry.lock.PromotionLock`, a lease on the model's
+aliases (MLflow has no compare-and-set).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +27,7 @@ from ssr.baseline import score_baseline
 from ssr.config import Config
 from ssr.errors import RegistryError
 from ssr.registry.gate import GateDecision, decide
+from ssr.registry.lock import PromotionLock, error_code
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +35,6 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous-champion"
 HISTORY_TAG = "champion_history"
-LOCK_SUFFIX = ".promotion-lock"
 MAX_HISTORY = 100  # registered-model tag values are limited in size
 
 
@@ -63,10 +56,6 @@ class PromotionResult:
         return self.champion_before != self.champion_after
 
 
-def _error_code(exc: MlflowException) -> str:
-    return str(getattr(exc, "error_code", ""))
-
-
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     """The version an alias points at, or None when the alias is not set."""
     model = _registered_model(client, name)
@@ -78,7 +67,7 @@ def _registered_model(client: MlflowClient, name: str):  # -> RegisteredModel
     try:
         return client.get_registered_model(name)
     except MlflowException as exc:
-        if "RESOURCE_DOES_NOT_EXIST" in _error_code(exc):
+        if "RESOURCE_DOES_NOT_EXIST" in error_code(exc):
             raise RegistryError(f"registered model {name!r} does not exist") from None
         raise RegistryError(f"registered model {name!r}: {exc.message}") from None
 
@@ -136,95 +125,8 @@ def _delete_alias(client: MlflowClient, name: str, alias: str) -> None:
     try:
         client.delete_registered_model_alias(name, alias)
     except MlflowException as exc:
-        if "RESOURCE_DOES_NOT_EXIST" not in _error_code(exc):
+        if "RESOURCE_DOES_NOT_EXIST" not in error_code(exc):
             raise
-
-
-class PromotionLock:
-    """An exclusive, expiring lease on a registered model's aliases (see module docstring)."""
-
-    def __init__(
-        self,
-        client: MlflowClient,
-        name: str,
-        *,
-        ttl_s: float = 300.0,
-        wait_s: float = 120.0,
-        poll_s: float = 0.25,
-        owner: str | None = None,
-    ) -> None:
-        self.client = client
-        self.name = name
-        self.lock_name = f"{name}{LOCK_SUFFIX}"
-        self.ttl_s = ttl_s
-        self.wait_s = wait_s
-        self.poll_s = poll_s
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-    def _try_create(self) -> bool:
-        expires = time.time() + self.ttl_s
-        try:
-            self.client.create_registered_model(
-                self.lock_name,
-                tags={"owner": self.owner, "expires_at": f"{expires:.3f}"},
-                description=f"Held while the aliases of {self.name} move; deleted afterwards.",
-            )
-            return True
-        except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" in _error_code(exc):
-                return False
-            raise RegistryError(f"cannot take the promotion lock {self.lock_name}: {exc}") from None
-
-    def _holder(self) -> tuple[str, float] | None:
-        try:
-            tags = self.client.get_registered_model(self.lock_name).tags or {}
-        except MlflowException as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in _error_code(exc):
-                return None
-            raise
-        return tags.get("owner", "?"), float(tags.get("expires_at", "0") or 0)
-
-    def _break_if_stale(self) -> None:
-        holder = self._holder()
-        if holder is None or holder[1] > time.time():
-            return
-        again = self._holder()  # re-read: only break the lease we judged stale
-        if again != holder:
-            return
-        log.warning("breaking stale promotion lock on %s held by %s", self.name, holder[0])
-        with contextlib.suppress(MlflowException):  # someone else broke it first
-            self.client.delete_registered_model(self.lock_name)
-
-    def acquire(self) -> None:
-        deadline = time.monotonic() + self.wait_s
-        while not self._try_create():
-            self._break_if_stale()
-            if time.monotonic() > deadline:
-                holder = self._holder()
-                raise RegistryError(
-                    f"{self.name}: another promotion holds the lock "
-                    f"({holder[0] if holder else 'unknown'}); gave up after {self.wait_s:.0f}s"
-                )
-            time.sleep(self.poll_s)
-        log.debug("promotion lock on %s taken by %s", self.name, self.owner)
-
-    def verify(self) -> None:
-        """Raise unless this owner still holds an unexpired lease (checked before moving)."""
-        holder = self._holder()
-        if holder is None or holder[0] != self.owner or holder[1] <= time.time():
-            raise RegistryError(f"{self.name}: lost the promotion lock before moving aliases")
-
-    def release(self) -> None:
-        holder = self._holder()
-        if holder is not None and holder[0] == self.owner:
-            self.client.delete_registered_model(self.lock_name)
-
-    def __enter__(self) -> PromotionLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 @contextmanager
