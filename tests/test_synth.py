@@ -133,9 +133,9 @@ def test_cli_synth_prints_splits_and_next_command(
 
 
 def test_part_of_the_vocabulary_is_reordered_gestures(tmp_path: Path) -> None:
-    from ssr.data.synth import _make_world
+    from ssr.data.synth_model import make_world
 
-    words = _make_world(SynthOptions(vocab=10, permuted=0.4)).words
+    words = make_world(SynthOptions(vocab=10, permuted=0.4)).words
     seqs = list(words.values())
     assert len({tuple(s) for s in seqs}) == 10  # every word distinct
     reordered = [

@@ -1,0 +1,306 @@
+"""The generative model of synthetic silent-speech sEMG, built like the real thing.
+
+Generative model (all randomness from one seed, so the same seed gives byte-identical files):
+
+* **Muscles.** A few face/neck muscles sit along the electrode strip; each has a spatial
+  footprint over the channels (volume conduction) and its own motor-unit spectrum (white noise
+  band-limited inside 20-450 Hz). Their signal is that noise, amplitude-modulated by activation.
+* **Gestures and words.** A small inventory of articulatory gestures, each a muscle synergy
+  (a few muscles at given levels) with a typical duration. A word is a sequence of 2-5
+  gestures; an utterance of it has speaking-rate variation, per-gesture duration and timing
+  jitter, coarticulation (overlapping gestures), effort variation and occasional
+  non-speech bursts (swallows, lip presses) at random times. Part of the vocabulary
+  (``permuted``) is made of another word's gestures in a different order (as "top"/"pot"
+  share articulators), so a model that ignores the order of events cannot tell them apart.
+* **Sessions.** Each recording session re-attaches the electrodes: its own per-channel gains,
+  a small shift of the array relative to the muscles, crosstalk between neighbouring channels,
+  powerline hum (with harmonics) of its own strength and phase, DC offsets and noise floor.
+* **Per utterance.** Baseline wander, sparse motion artefacts (spikes and decaying steps) and
+  white sensor noise.
+
+Validation and test use sessions never seen in training, so a model must generalise across
+electrode placements, as on real data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy import signal
+
+from ssr.errors import ConfigError
+
+WORDS = (
+    "yes", "no", "up", "down", "left", "right", "stop", "go", "on", "off",
+    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero",
+    "open", "close", "help", "water", "more", "less", "call", "home", "light", "music",
+    "play", "pause", "next", "back", "hello", "thanks", "please", "wait", "ready", "done",
+)  # fmt: skip
+NUM_MUSCLES = 6
+NUM_GESTURES = 12
+
+
+@dataclass
+class SynthOptions:
+    """What to generate; defaults take a few seconds and match ``configs/training_config.yaml``."""
+
+    vocab: int = 10
+    per_word: int = 32
+    sessions: int = 8
+    train_sessions: int = 5
+    test_sessions: int | None = None  # default: every held-out session but one (validation)
+    permuted: float = 0.4
+    fmt: Literal["native", "gaddy"] = "native"
+    seed: int = 0
+    min_duration: float = 1.0
+    max_duration: float = 2.0
+    sampling_rate: float = 1000.0
+    channels: int = 8
+    powerline_freq: float = 60.0
+
+    @property
+    def num_test_sessions(self) -> int:
+        """Test sessions: ``test_sessions``, or all held-out sessions but one."""
+        if self.test_sessions is not None:
+            return self.test_sessions
+        return self.sessions - self.train_sessions - 1
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for impossible options."""
+        problems = []
+        if self.vocab < 2:
+            problems.append(f"vocab must be >= 2, got {self.vocab}")
+        if (
+            self.train_sessions < 1
+            or self.num_test_sessions < 1
+            or self.sessions - self.train_sessions - self.num_test_sessions < 1
+        ):
+            problems.append(
+                f"need train_sessions >= 1 and held-out sessions for validation (>= 1) and "
+                f"test (>= 1); got sessions={self.sessions}, train_sessions="
+                f"{self.train_sessions}, test_sessions={self.num_test_sessions}"
+            )
+        if not 0.0 <= self.permuted <= 1.0:
+            problems.append(f"permuted must lie in [0, 1], got {self.permuted}")
+        if self.per_word < self.sessions:
+            problems.append(
+                f"per_word ({self.per_word}) must be >= sessions ({self.sessions}) so every "
+                f"session has every word"
+            )
+        if not 0.3 <= self.min_duration <= self.max_duration:
+            problems.append(
+                f"need 0.3 <= min_duration <= max_duration, got {self.min_duration}, "
+                f"{self.max_duration}"
+            )
+        if self.sampling_rate < 1000:
+            problems.append(f"sampling_rate must be >= 1000 Hz, got {self.sampling_rate}")
+        if self.channels < 2:
+            problems.append(f"channels must be >= 2, got {self.channels}")
+        if self.fmt not in ("native", "gaddy"):
+            problems.append(f"format must be native or gaddy, got {self.fmt!r}")
+        if self.powerline_freq <= 0:
+            problems.append(f"powerline_freq must be positive, got {self.powerline_freq}")
+        if problems:
+            raise ConfigError("synth: " + "; ".join(problems))
+
+
+@dataclass
+class World:
+    """Speaker anatomy and language: shared by all sessions."""
+
+    muscle_pos: np.ndarray  # (M,) position along the electrode strip, in electrode spacings
+    muscle_width: np.ndarray  # (M,) footprint width
+    muscle_sos: list[np.ndarray]  # per muscle: motor-unit spectrum filter
+    gesture_act: np.ndarray  # (G, M) synergy: activation level of each muscle
+    gesture_dur: np.ndarray  # (G,) typical duration, seconds
+    words: dict[str, list[int]]  # word -> gesture sequence
+
+
+@dataclass
+class Session:
+    gains: np.ndarray  # (C,)
+    shift: float
+    crosstalk: float
+    mixing: np.ndarray  # (C, M): muscles -> channels, incl. shift, crosstalk and gains
+    hum_amp: np.ndarray  # (C,) microvolts at the fundamental
+    hum_phase: np.ndarray  # (3, C)
+    offset: np.ndarray  # (C,) DC offset, microvolts
+    noise: float  # sensor noise std, microvolts
+    effort: float
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "gains": [round(float(g), 4) for g in self.gains],
+            "shift": round(self.shift, 4),
+            "crosstalk": round(self.crosstalk, 4),
+            "hum_uv": [round(float(a), 2) for a in self.hum_amp],
+        }
+
+
+def rng_for(seed: int, *path: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, *path]))
+
+
+def vocabulary(size: int) -> list[str]:
+    """The first ``size`` words of a fixed list (``word<N>`` beyond it)."""
+    return [WORDS[i] if i < len(WORDS) else f"word{i}" for i in range(size)]
+
+
+def make_world(opts: SynthOptions) -> World:
+    rng = rng_for(opts.seed, 0)
+    c, m, g = opts.channels, NUM_MUSCLES, NUM_GESTURES
+    pos = np.sort(rng.uniform(-0.5, c - 0.5, m))
+    width = rng.uniform(0.8, 1.8, m)
+    sos = [
+        signal.butter(
+            2, [rng.uniform(20, 40), rng.uniform(150, 400)], "bandpass",
+            fs=opts.sampling_rate, output="sos",
+        )
+        for _ in range(m)
+    ]  # fmt: skip
+    act = np.zeros((g, m))
+    for k in range(g):
+        active = rng.choice(m, size=rng.integers(1, 4), replace=False)
+        act[k, active] = rng.uniform(0.4, 1.0, active.size)
+        act[k] += rng.uniform(0.0, 0.08, m)  # co-contraction of the others
+    dur = rng.uniform(0.12, 0.25, g)
+    words: dict[str, list[int]] = {}
+    seen: set[tuple[int, ...]] = set()
+    vocab = vocabulary(opts.vocab)
+    reordered = min(int(round(opts.permuted * opts.vocab)), opts.vocab // 2)
+    first_reordered = opts.vocab - reordered
+    for i, word in enumerate(vocab):
+        if i >= first_reordered:  # the gestures of word i - first_reordered, reordered
+            seq = _reorder(words[vocab[i - first_reordered]], seen, rng)
+            if seq is not None:
+                seen.add(tuple(seq))
+                words[word] = seq
+                continue
+        while True:
+            n = int(rng.integers(2, 6))
+            seq = [int(rng.integers(g))]
+            while len(seq) < n:
+                nxt = int(rng.integers(g))
+                if nxt != seq[-1]:
+                    seq.append(nxt)
+            if tuple(seq) not in seen:
+                seen.add(tuple(seq))
+                words[word] = seq
+                break
+    return World(pos, width, sos, act, dur, words)
+
+
+def _reorder(
+    seq: list[int], seen: set[tuple[int, ...]], rng: np.random.Generator
+) -> list[int] | None:
+    """``seq``'s gestures in another order no word has yet (reversed if possible), with no
+    gesture twice in a row; None when there is none."""
+    candidates = [seq[::-1]] + [[seq[j] for j in rng.permutation(len(seq))] for _ in range(50)]
+    for cand in candidates:
+        if tuple(cand) not in seen and all(a != b for a, b in zip(cand, cand[1:], strict=False)):
+            return cand
+    return None
+
+
+def make_session(opts: SynthOptions, world: World, index: int) -> Session:
+    rng = rng_for(opts.seed, 1, index)
+    c = opts.channels
+    gains = rng.lognormal(0.0, 0.3, c)
+    shift = float(rng.uniform(-0.75, 0.75))
+    electrodes = np.arange(c) + shift + rng.normal(0.0, 0.1, c)
+    dist = (electrodes[:, None] - world.muscle_pos[None, :]) / world.muscle_width[None, :]
+    footprint = np.exp(-0.5 * dist**2) + 0.03
+    crosstalk = float(rng.uniform(0.05, 0.2))
+    neighbours = np.eye(c) + crosstalk * (np.eye(c, k=1) + np.eye(c, k=-1))
+    mixing = gains[:, None] * (neighbours @ footprint)
+    return Session(
+        gains=gains,
+        shift=shift,
+        crosstalk=crosstalk,
+        mixing=mixing,
+        hum_amp=rng.uniform(4.0, 15.0) * rng.lognormal(0.0, 0.4, c),
+        hum_phase=rng.uniform(0, 2 * np.pi, (3, c)),
+        offset=rng.normal(0.0, 30.0, c),
+        noise=float(rng.uniform(1.0, 2.0)),
+        effort=float(rng.lognormal(0.0, 0.15)),
+    )
+
+
+def _bump(t: np.ndarray, start: float, dur: float) -> np.ndarray:
+    """Raised-cosine activation from ``start`` lasting ``dur`` seconds."""
+    phase = np.clip((t - start) / dur, 0.0, 1.0)
+    return np.sin(np.pi * phase) ** 2
+
+
+def utterance(
+    opts: SynthOptions,
+    world: World,
+    session: Session,
+    sidx: int,
+    uidx: int,
+    word: str | None,
+) -> np.ndarray:
+    """One utterance of ``word`` (None: rest) in ``session``: float32 (time, channels), uV."""
+    rng = rng_for(opts.seed, 2, sidx, uidx)
+    fs = opts.sampling_rate
+    seq = world.words[word] if word is not None else []
+    rate = rng.lognormal(0.0, 0.2)
+    durs = world.gesture_dur[seq] * rate * rng.lognormal(0.0, 0.12, len(seq))
+    onsets = np.zeros(len(seq))
+    for i in range(1, len(seq)):
+        step = durs[i - 1] * (0.7 + rng.normal(0.0, 0.05)) + rng.normal(0.0, 0.015)
+        onsets[i] = onsets[i - 1] + max(step, 0.03)
+    speech = onsets[-1] + durs[-1] if seq else 0.0
+    total = max(rng.uniform(opts.min_duration, opts.max_duration), speech + 0.3)
+    start = rng.uniform(0.1, total - speech - 0.1)
+    n = int(round(total * fs))
+    t = np.arange(n) / fs
+
+    envelope = np.full((n, NUM_MUSCLES), 0.03)
+    for g, onset, dur in zip(seq, onsets + start, durs, strict=True):
+        level = session.effort * rng.lognormal(0.0, 0.25)
+        envelope += level * _bump(t, onset, dur)[:, None] * world.gesture_act[g][None, :]
+    if rng.random() < 0.3:  # a non-speech burst (swallow, lip press) somewhere
+        muscle = rng.integers(NUM_MUSCLES)
+        envelope[:, muscle] += rng.uniform(0.2, 0.5) * _bump(
+            t, rng.uniform(0, total - 0.2), rng.uniform(0.1, 0.3)
+        )
+
+    sources = np.empty((n, NUM_MUSCLES))
+    for m, sos in enumerate(world.muscle_sos):
+        noise = signal.sosfilt(sos, rng.standard_normal(n + 200))[200:]
+        sources[:, m] = noise / noise.std()
+    emg = (40.0 * envelope * sources) @ session.mixing.T  # (n, C)
+
+    hum_scale = rng.lognormal(0.0, 0.2)
+    for k, rel in enumerate((1.0, 0.3, 0.15)):
+        arg = 2 * np.pi * (k + 1) * opts.powerline_freq * t[:, None] + session.hum_phase[k]
+        emg += hum_scale * rel * session.hum_amp * np.sin(arg)
+
+    c = opts.channels
+    wander_f = rng.uniform(0.1, 0.8, (2, c))
+    wander_a = rng.uniform(1.0, 4.0, (2, c))
+    wander_p = rng.uniform(0, 2 * np.pi, (2, c))
+    emg += session.offset + (
+        wander_a[:, None, :] * np.sin(2 * np.pi * wander_f[:, None, :] * t[None, :, None]
+                                      + wander_p[:, None, :])
+    ).sum(axis=0)  # fmt: skip
+
+    for _ in range(rng.poisson(0.4)):  # motion artefacts on a few neighbouring channels
+        first = int(rng.integers(c))
+        chans = slice(first, min(c, first + int(rng.integers(1, 4))))
+        at = int(rng.integers(n))
+        if rng.random() < 0.5:
+            width = int(rng.uniform(0.01, 0.03) * fs)
+            shape = np.sin(np.linspace(0, 2 * np.pi, width)) * rng.uniform(50, 200)
+            stop = min(n, at + width)
+            emg[at:stop, chans] += shape[: stop - at, None]
+        else:
+            tau = rng.uniform(0.2, 0.5) * fs
+            step = rng.uniform(20, 80) * rng.choice([-1.0, 1.0])
+            emg[at:, chans] += (step * np.exp(-np.arange(n - at) / tau))[:, None]
+
+    emg += rng.normal(0.0, session.noise, emg.shape)
+    return emg.astype(np.float32)
