@@ -43,7 +43,6 @@ __all__ = [
     "check_labels",
     "check_repeats",
     "load_split",
-    "normalization_stats",
     "run_preprocess",
     "scan_split",
     "validate_utterance",
@@ -232,14 +231,6 @@ class RunningStats:
         if not self.count:
             raise ValueError("no samples")
         return self.mean.copy(), np.sqrt(self.m2 / self.count)
-
-
-def normalization_stats(filtered: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation over all samples of filtered training EMG."""
-    stats = RunningStats(filtered[0].shape[1])
-    for x in filtered:
-        stats.add(x)
-    return stats.result()
 
 
 def _reread(

@@ -35,7 +35,6 @@ __all__ = [
     "read_bytes",
     "read_bytes_etag",
     "stat",
-    "sync",
     "upload_dir",
     "upload_file",
     "write_bytes",
@@ -165,15 +164,6 @@ def download_dir(
     removed. A prefix with no objects is an :class:`ObjectNotFoundError`.
     """
     return dirs.download_dir(backend_for(uri, storage), uri, Path(local_dir))
-
-
-def sync(src: str, dst: str, storage: StorageConfig | None = None) -> int:
-    """Copy directory/prefix ``src`` to ``dst`` (one local, one s3); return files copied."""
-    if is_s3(src) and is_s3(dst):
-        raise StorageError(f"sync {src} -> {dst}: copy between two s3 prefixes is not supported")
-    if is_s3(src):
-        return download_dir(src, dst, storage)
-    return upload_dir(src, dst, storage)
 
 
 def localize(

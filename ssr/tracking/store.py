@@ -10,7 +10,6 @@ A store that must already exist (registry reads, predictions) is never created b
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,8 +130,3 @@ def ensure_experiment(client: Any, name: str) -> str:
         if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
             raise
         return str(client.get_experiment_by_name(name).experiment_id)
-
-
-def env_or(uri: str) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else ``uri``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or uri
