@@ -201,3 +201,11 @@ k8s-render: k8s-render-serving
 .PHONY: push-serve
 push-serve: ## push SERVE_IMAGE (make image-serve builds it)
 	$(DOCKER) push $(SERVE_IMAGE)
+
+# ---- documentation ---------------------------------------------------------------------------
+# The DAG picture does not depend on the images: compile with a placeholder name.
+DOCS_PIPELINE_YAML ?= build/docs/ssr_pipeline.yaml
+.PHONY: docs
+docs: setup ## compile the pipeline and redraw its DAG (Mermaid) in docs/pipeline-dag.md and README.md
+	$(BIN)/python -m pipelines.compile --image registry.example.com/ml/ssr:$(VERSION) --out $(DOCS_PIPELINE_YAML)
+	$(BIN)/python -m pipelines.dag $(DOCS_PIPELINE_YAML) --write docs/pipeline-dag.md README.md
