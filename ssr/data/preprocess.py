@@ -31,6 +31,7 @@ from ssr.data.features import PREPROCESSING_KEYS, FeatureExtractor
 from ssr.data.fingerprint import Fingerprint
 from ssr.data.formats import Utterance, iter_dir
 from ssr.data.processed import SPLITS, SplitStream, write_processed
+from ssr.data.running_stats import RunningStats
 from ssr.errors import DataError
 from ssr.progress import progress_bar
 from ssr.storage import is_s3, localize, publish
@@ -205,32 +206,6 @@ def check_labels(
                     f"training split"
                 )
     return labels
-
-
-class RunningStats:
-    """Per-channel mean and standard deviation, updated one recording at a time (Chan et al.)."""
-
-    def __init__(self, channels: int) -> None:
-        self.count = 0
-        self.mean = np.zeros(channels, dtype=np.float64)
-        self.m2 = np.zeros(channels, dtype=np.float64)
-
-    def add(self, x: np.ndarray) -> None:
-        n = x.shape[0]
-        if n == 0:
-            return
-        mean = x.mean(axis=0, dtype=np.float64)
-        m2 = np.square(x - mean, dtype=np.float64).sum(axis=0)
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * (n / total)
-        self.m2 += m2 + np.square(delta) * (self.count * n / total)
-        self.count = total
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.count:
-            raise ValueError("no samples")
-        return self.mean.copy(), np.sqrt(self.m2 / self.count)
 
 
 def _reread(
