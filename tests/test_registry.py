@@ -23,11 +23,11 @@ from ssr.data.synth import SynthOptions, generate
 from ssr.errors import RegistryError
 from ssr.evaluation import evaluate
 from ssr.model import build_model
-from ssr.registry.lock import PromotionLock
 from ssr.registry.promote import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS,
+    PromotionLock,
     alias_version,
     check_consistent,
     copy_version,

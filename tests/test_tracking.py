@@ -23,11 +23,10 @@ from wandb_offline import offline_runs
 
 from ssr.config import Config, load_config
 from ssr.redact import redact
-from ssr.tracking import NullTracker, Tracker, base, open_tracker
+from ssr.tracking import NullTracker, open_tracker
 from ssr.tracking.context import default_run_name, git_commit
 from ssr.tracking.fanout import FanoutTracker
 from ssr.tracking.mlflow_backend import MlflowTracker
-from ssr.tracking.tracker import RunSpec
 from ssr.tracking.wandb_backend import resolve_mode
 
 FINGERPRINT = "f1a2b3c4d5e6f7a8b9c0"
@@ -334,70 +333,3 @@ def test_password_never_reaches_stderr_when_mlflow_is_down(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mlflow" in proc.stderr and "alice:***@127.0.0.1" in proc.stderr, proc.stderr[-2000:]
     assert "s3cret" not in proc.stderr + proc.stdout
-
-
-def test_short_mlflow_http_retries_stay_inside_our_calls(monkeypatch):
-    import threading
-
-    from mlflow.utils import rest_utils
-
-    from ssr.tracking.mlflow_http import short_http
-
-    def effective(setting: str) -> object:  # what MLflow's http_request reads per request
-        return getattr(rest_utils, setting).get()
-
-    name = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
-    monkeypatch.delenv(name, raising=False)
-    default = effective(name)
-    seen: dict[str, object] = {}
-    with short_http():
-        assert effective(name) == 1 and name not in os.environ  # no process-wide edit
-        other = threading.Thread(target=lambda: seen.update(other=effective(name)))
-        other.start()
-        other.join()
-        with short_http(timeout="300"):
-            assert effective("MLFLOW_HTTP_REQUEST_TIMEOUT") == 300
-        assert effective("MLFLOW_HTTP_REQUEST_TIMEOUT") == 15
-    assert seen["other"] == default and effective(name) == default  # other threads, and after
-    monkeypatch.setenv(name, "0")
-    with short_http():
-        assert effective(name) == 0  # the user's own setting wins
-
-
-class _Recording(Tracker):
-    """A backend in one class: it overrides what it records; the rest are the base's no-ops."""
-
-    specs: list[RunSpec] = []
-
-    @classmethod
-    def open(cls, spec: RunSpec) -> _Recording:
-        cls.specs.append(spec)
-        return cls()
-
-    def log_params(self, params) -> None:
-        pass
-
-    def log_metrics(self, metrics, step) -> None:
-        self.last = (dict(metrics), step)
-
-    def run_ids(self) -> dict[str, str]:
-        return {"recording": "r1"}
-
-
-def test_a_backend_is_one_class_and_one_table_entry(monkeypatch):
-    monkeypatch.setattr(base, "BACKENDS", {"wandb": f"{__name__}:_Recording"})
-    cfg = load_config(None, ["tracking.mlflow.enabled=false", "tracking.run_name=r"])
-    tracker = open_tracker(cfg, job="evaluate", resume_ids={"wandb": "old"})
-    assert isinstance(tracker, FanoutTracker) and tracker.run_ids() == {"recording": "r1"}
-    spec = _Recording.specs[-1]
-    assert (spec.job, spec.name, spec.resume_id, spec.tags["job"]) == (
-        "evaluate",
-        "r",
-        "old",
-        "evaluate",
-    )
-    tracker.log_metrics({"test/accuracy": 0.5}, step=0)
-    tracker.log_image("no-such.png", key="k")  # the base's no-ops: nothing to do, no error
-    tracker.set_tags({"a": "b"})
-    tracker.finish()
-    assert tracker.backends["wandb"].last == ({"test/accuracy": 0.5}, 0)
