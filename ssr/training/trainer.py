@@ -4,11 +4,10 @@ stopping, checkpoints that resume exactly, validation plots, tracking, single pr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from ssr.errors import CheckpointError, ConfigError
 from ssr.evaluation import predict
 from ssr.metrics import accuracy, confusion_matrix, macro_f1
 from ssr.model import build_model, parameter_count
-from ssr.plots import plot_confusion_matrix, plot_predictions
 from ssr.progress import progress_bar
 from ssr.storage import (
     CheckpointPublisher,
@@ -44,31 +42,33 @@ from ssr.training.augment import augment_batch
 from ssr.training.checkpoint import (
     BEST,
     LAST,
+    check_resumable,
     checkpoint_bytes,
-    checkpoint_labels,
     epoch_name,
     feature_state,
     load_weights,
 )
 from ssr.training.early_stopping import EarlyStopping
 from ssr.training.runtime import (
-    OOM_ADVICE,
     TrainingError,
-    TrainingOOMError,
     autocast,
     autocast_dtype,
-    is_oom,
+    grad_scaler,
+    oom_guard,
+    precision_name,
+    rank_seed,
+    restore_rank_rng,
     rng_state,
     seed_everything,
     select_device,
-    set_rng_state,
+    stop_workers,
 )
 from ssr.training.signals import worker_ignores_sigterm
+from ssr.training.validation_plots import plot_validation
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
-NUM_VIZ_EXAMPLES = 4
 
 
 @dataclass
@@ -103,10 +103,13 @@ class Trainer:
         self.cfg = cfg
         self.tracker: Tracker = tracker or NullTracker()
         self.device = select_device(cfg.training.device)
-        self.dist = distributed.setup(self.device)
+        tc = cfg.training
+        self.dist = distributed.setup(self.device, tc.dist_timeout_s, tc.io_timeout_s)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.amp_dtype = autocast_dtype(cfg.training.precision, self.device)
+        self.amp_dtype = autocast_dtype(tc.precision, self.device)
+        self.scaler = grad_scaler(self.device, self.amp_dtype)
+        self._rank_rngs: list[dict[str, Any]] | None = None  # every rank's, gathered to save
         self._stop = False
         self._stop_now = False  # preemption: stop after the current step
         self._interrupted = False  # the current epoch was left part-way
@@ -148,6 +151,12 @@ class Trainer:
                     f"{root}/manifest.json: {key}={manifest[key]} but model.{key}="
                     f"{getattr(self.cfg.model, key)}; set model.{key}={manifest[key]}"
                 )
+        if len(self.val_set) < self.dist.world_size:
+            raise ConfigError(
+                f"{root}: the validation split has {len(self.val_set)} utterance(s), fewer than "
+                f"the {self.dist.world_size} DDP processes; each rank validates its own share, "
+                "so run fewer processes or use a larger validation split"
+            )
         longest = int(max(self.train_set.lengths.max(), self.val_set.lengths.max()))
         if longest > self.cfg.model.max_frames:
             raise ConfigError(
@@ -187,7 +196,10 @@ class Trainer:
         val_part = Subset(
             self.val_set, range(self.dist.rank, len(self.val_set), self.dist.world_size)
         )
-        self.val_loader = DataLoader(val_part, shuffle=False, **common)
+        # Its own generator: worker seeds drawn from the global RNG would shift dropout after
+        # a resume (the first validation of a resumed run comes at another epoch).
+        val_generator = torch.Generator().manual_seed(tc.seed + 2)
+        self.val_loader = DataLoader(val_part, shuffle=False, generator=val_generator, **common)
 
     def _build(self) -> None:
         tc = self.cfg.training
@@ -222,6 +234,8 @@ class Trainer:
             "best_val_loss": self.early_stopping.best,
             "best_epoch": self.early_stopping.best_epoch,
             "rng": rng_state(),
+            "rng_ranks": self._rank_rngs or [rng_state()],  # every rank's, in rank order
+            "scaler": self.scaler.state_dict(),  # empty unless fp16
             **self._generator_states(),
             "config": self.cfg.model_dump(),
             "labels": list(self.labels),
@@ -242,35 +256,7 @@ class Trainer:
         return {"sampler_generator": sampler, "loader_generator": loader}
 
     def _restore(self, state: dict[str, Any], source: str) -> None:
-        missing = [
-            k
-            for k in (
-                "model",
-                "optimizer",
-                "scheduler",
-                "early_stopping",
-                "epoch",
-                "rng",
-                "labels",
-                "config",
-            )
-            if k not in state
-        ]
-        if missing:
-            raise CheckpointError(f"{source}: not a resumable ssr checkpoint (missing {missing})")
-        if checkpoint_labels(state, source) != self.labels:
-            raise CheckpointError(
-                f"{source}: labels {list(state['labels'])} differ from the data set's {self.labels}"
-            )
-        config = state["config"]
-        stored = config.get("model") if isinstance(config, dict) else None
-        if not isinstance(stored, dict):
-            raise CheckpointError(f"{source}: stored config has no 'model' section")
-        current = self.cfg.model.model_dump()
-        diff = sorted(k for k in current if k != "dropout" and stored.get(k) != current[k])
-        if diff:
-            changes = ", ".join(f"model.{k}: {stored.get(k)} -> {current[k]}" for k in diff)
-            raise CheckpointError(f"{source}: model config differs from the checkpoint ({changes})")
+        check_resumable(state, source, self.labels, self.cfg.model.model_dump())
         load_weights(self.model, state["model"], source)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -282,12 +268,16 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.global_step = int(state.get("global_step", 0))
         self.history = list(state.get("history", []))
-        set_rng_state(state["rng"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        world, seed = self.dist.world_size, self.cfg.training.seed
+        same_world = restore_rank_rng(state, self.dist.rank, world, seed, source)
         self.sampler_generator.set_state(state["sampler_generator"])
         self.loader_generator.set_state(state["loader_generator"])
-        if state.get("epoch_progress"):  # saved mid-epoch: redo this epoch from its next batch
-            self._resume_progress = dict(state["epoch_progress"])
+        if state.get("epoch_progress"):  # saved mid-epoch: redo this epoch
             self.epoch -= 1
+            if same_world:  # from its next batch; another world size shards it otherwise
+                self._resume_progress = dict(state["epoch_progress"])
         log.info(
             "resumed from %s at epoch %d (step %d, best val loss %.4f)",
             source,
@@ -319,7 +309,7 @@ class Trainer:
 
     # -- one epoch -----------------------------------------------------------------------------
     def train_epoch(self) -> float:
-        """One pass over the training set; returns the mean training loss of this rank."""
+        """One pass over the training set; returns the mean training loss over all ranks."""
         tc = self.cfg.training
         self.train_model.train()
         if isinstance(self.train_sampler, DistributedSampler):
@@ -345,30 +335,40 @@ class Trainer:
             with autocast(self.device, self.amp_dtype):
                 logits = self.train_model(batch.x, batch.padding_mask())
             loss = self.criterion(logits.float(), batch.labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_gradients(self.model.parameters(), tc.grad_clip)
-            self.optimizer.step()
-            self.global_step += 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
+            value, n = float(loss.detach()), len(batch.labels)
+            # Before backward, one all-reduce: a bad loss on any rank stops every rank here.
+            step = distributed.share_step(
+                value * n, n, self._stop_now, math.isfinite(value), self.device
+            )
+            if step.bad_ranks:
+                where = f" on rank(s) {step.bad_ranks}" if self.dist.enabled else ""
                 raise TrainingError(
-                    f"training loss became {value} at step {self.global_step}; lower "
-                    "training.learning_rate or training.grad_clip, or check the data"
+                    f"training loss became {value if not self.dist.enabled else 'non-finite'}"
+                    f"{where} at step {self.global_step + 1}; lower training.learning_rate or "
+                    "training.grad_clip, or check the data"
                 )
-            total += value * len(batch.labels)
-            count += len(batch.labels)
-            bar.set_postfix(loss=f"{value:.4f}")
+            self.optimizer.zero_grad(set_to_none=True)
+            # fp16: the scaler skips a step whose gradients overflowed (not divergence)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            clip_gradients(self.model.parameters(), tc.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.global_step += 1
+            total += step.loss_sum
+            count += step.count
+            mean = step.loss_sum / max(step.count, 1)
+            bar.set_postfix(loss=f"{mean:.4f}")
             if self.global_step % tc.log_interval == 0 and self.dist.is_main:
                 lr = self.optimizer.param_groups[0]["lr"]
                 log.info(
-                    "epoch %d step %d loss %.4f lr %.3g", self.epoch, self.global_step, value, lr
+                    "epoch %d step %d loss %.4f lr %.3g", self.epoch, self.global_step, mean, lr
                 )
                 self.tracker.log_metrics(
-                    {"train/loss": value, "train/lr": lr}, step=self.global_step
+                    {"train/loss": mean, "train/lr": lr}, step=self.global_step
                 )
             self._epoch_progress = {"batches_done": i + 1, "loss_total": total, "loss_count": count}
-            if distributed.any_true(self._stop_now, self.device):
+            if step.stop:
                 self._interrupted = True
                 break
         return total / max(count, 1)
@@ -380,7 +380,8 @@ class Trainer:
         training regulariser, and a smoothed loss has a floor that depends on the smoothing, so
         model selection, the LR schedule and early stopping all use the plain one.
         """
-        out = predict(self.model, self.val_loader, self.device, self.amp_dtype)
+        with distributed.shared_failure(f"validating epoch {self.epoch}"):
+            out = predict(self.model, self.val_loader, self.device, self.amp_dtype)
         parts = distributed.gather_objects(out)
         merged = {k: np.concatenate([p[k] for p in parts]) for k in out}
         cm = confusion_matrix(merged["true"], merged["pred"], len(self.labels))
@@ -405,41 +406,59 @@ class Trainer:
 
     def _visualise(self, val: dict[str, Any]) -> None:
         outdir = self._output_dir()
-        step = self.epoch
-        plot_confusion_matrix(
-            val["confusion_matrix"],
-            self.labels,
-            outdir / f"confusion_matrix_epoch_{step}.png",
-            title=f"Validation confusion matrix, epoch {step}",
-        )
-        # Utterances 0..k-1 of the validation set, which is rank 0's shard start in order.
-        k = min(NUM_VIZ_EXAMPLES, len(self.val_set))
-        order = [
-            i
-            for r in range(self.dist.world_size)
-            for i in range(r, len(self.val_set), self.dist.world_size)
-        ]
-        pos = {orig: j for j, orig in enumerate(order)}
-        feats = [self.val_set[i][0].numpy() for i in range(k)]
-        idx = [pos[i] for i in range(k)]
-        pred_path = plot_predictions(
-            feats,
-            [int(val["y_true"][j]) for j in idx],
-            [int(val["y_pred"][j]) for j in idx],
-            [float(val["confidence"][j]) for j in idx],
-            self.labels,
-            outdir / f"predictions_epoch_{step}.png",
-        )
-        self.tracker.log_confusion_matrix(
-            val["y_true"].tolist(),
-            val["y_pred"].tolist(),
-            self.labels,
-            key="val/confusion_matrix",
-            step=step,
-        )
-        self.tracker.log_image(pred_path, key="val/predictions", step=step)
+        world = self.dist.world_size
+        plot_validation(val, self.labels, self.val_set, world, outdir, self.epoch, self.tracker)
         if self._staging is not None:
             upload_dir(self._staging, self.cfg.training.output_dir, self.cfg.storage)
+
+    def _start_run(self) -> None:
+        """Rank 0: take over the checkpoint directory, log params and tags."""
+        tc = self.cfg.training
+        self.publisher = CheckpointPublisher(tc.checkpoint_dir, self.cfg.storage)
+        self.tracker.log_params(self.cfg.flat())
+        precision = precision_name(self.amp_dtype)
+        self.tracker.set_tags(
+            {
+                "data.fingerprint": str(self.manifest.get("fingerprint", "")),
+                # the device actually used (the tracker's own tag names the requested one);
+                # git_commit and the versions are already in the tracker's run tags
+                "device": describe_device(self.device.type),
+                "torch": torch.__version__,
+                "world_size": str(self.dist.world_size),
+                "precision": precision,
+            }
+        )
+        log.info(
+            "model: %.2f M parameters, %d classes, device %s, %s, world size %d",
+            parameter_count(self.model) / 1e6,
+            len(self.labels),
+            self.device,
+            f"{precision} autocast" if self.amp_dtype else "fp32",
+            self.dist.world_size,
+        )
+
+    def _end_epoch(self, val: dict[str, Any], row: dict[str, float], improved: bool) -> None:
+        """Rank 0: log the epoch, plot, checkpoint."""
+        log.info(
+            "epoch %d: train loss %.4f, val loss %.4f, val acc %.3f, macro-F1 %.3f, lr %.3g%s",
+            self.epoch,
+            row["train_loss"],
+            val["loss"],
+            val["accuracy"],
+            val["macro_f1"],
+            row["lr"],
+            " (best)" if improved else "",
+        )
+        # Every scalar validate() returns is logged, so a new metric needs no edit here.
+        scalars = {
+            f"val/{k}": float(v)
+            for k, v in val.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        self.tracker.log_metrics({**scalars, "lr": row["lr"], "epoch": self.epoch}, step=self.epoch)
+        if self.epoch % self.cfg.training.viz_interval == 0:
+            self._visualise(val)
+        self._save(improved)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(
@@ -449,25 +468,19 @@ class Trainer:
 
         ``resume`` is a checkpoint path (already loaded as ``resume_state`` if given).
         """
-        with self._oom_guard():
-            return self._fit(resume, resume_state)
-
-    @contextlib.contextmanager
-    def _oom_guard(self) -> Iterator[None]:
         try:
-            yield
-        except (RuntimeError, MemoryError) as exc:
-            if is_oom(exc):
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                raise TrainingOOMError(f"{OOM_ADVICE} ({str(exc).splitlines()[0]})") from None
-            raise
+            with oom_guard(self.device):
+                return self._fit(resume, resume_state)
+        finally:
+            stop_workers(getattr(self, "train_loader", None), getattr(self, "val_loader", None))
 
     def _fit(self, resume: str | None, resume_state: dict[str, Any] | None) -> TrainResult:
         tc = self.cfg.training
         seed_everything(tc.seed)
         self._load_data()
-        self._build()
+        self._build()  # the same initial weights on every rank
+        if self.dist.rank:  # but each rank its own dropout and augmentation draws
+            seed_everything(rank_seed(tc.seed, self.dist.rank))
         self._loaders()
         self.history: list[dict[str, float]] = []
         self.best_checkpoint: str | None = None
@@ -480,36 +493,20 @@ class Trainer:
             best = join(tc.checkpoint_dir, BEST)
             self.best_checkpoint = best if exists(best, self.cfg.storage) else None
         main = self.dist.is_main
-        if main:
-            self.publisher = CheckpointPublisher(tc.checkpoint_dir, self.cfg.storage)
-            self.tracker.log_params(self.cfg.flat())
-            self.tracker.set_tags(
-                {
-                    "data.fingerprint": str(self.manifest.get("fingerprint", "")),
-                    # the device actually used (the tracker's own tag names the requested one);
-                    # git_commit and the versions are already in the tracker's run tags
-                    "device": describe_device(self.device.type),
-                    "torch": torch.__version__,
-                    "world_size": str(self.dist.world_size),
-                    "precision": "bf16" if self.amp_dtype is torch.bfloat16 else "fp32",
-                }
-            )
-            log.info(
-                "model: %.2f M parameters, %d classes, device %s, %s, world size %d",
-                parameter_count(self.model) / 1e6,
-                len(self.labels),
-                self.device,
-                "bf16 autocast" if self.amp_dtype else "fp32",
-                self.dist.world_size,
-            )
+        # Rank 0's I/O (tracking, checkpoints, plots) runs while the others wait on the slow
+        # group; a failure there ends every rank with the same error.
+        with distributed.shared_failure("starting the run", slow=True):
+            if main:
+                self._start_run()
         stopped_early = self.early_stopping.should_stop
         while self.epoch < tc.num_epochs and not stopped_early and not self._stop:
             self.epoch += 1
             train_loss = self.train_epoch()
             if self._interrupted:  # preempted mid-epoch: save the position, skip validation
-                if main:
-                    self._save(improved=False)
-                distributed.barrier()
+                self._rank_rngs = distributed.gather_objects(rng_state())
+                with distributed.shared_failure(f"saving epoch {self.epoch}", slow=True):
+                    if main:
+                        self._save(improved=False)
                 break
             val = self.validate()
             self.scheduler.step(val["loss"])
@@ -524,33 +521,12 @@ class Trainer:
                 "lr": lr,
             }
             self.history.append(row)
-            if main:
-                log.info(
-                    "epoch %d: train loss %.4f, val loss %.4f, val acc %.3f, macro-F1 %.3f, "
-                    "lr %.3g%s",
-                    self.epoch,
-                    train_loss,
-                    val["loss"],
-                    val["accuracy"],
-                    val["macro_f1"],
-                    lr,
-                    " (best)" if improved else "",
-                )
-                # Every scalar validate() returns is logged, so a new metric needs no edit here.
-                scalars = {
-                    f"val/{k}": float(v)
-                    for k, v in val.items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)
-                }
-                self.tracker.log_metrics(
-                    {**scalars, "lr": lr, "epoch": self.epoch}, step=self.epoch
-                )
-                if self.epoch % tc.viz_interval == 0:
-                    self._visualise(val)
-                self._save(improved)
+            self._rank_rngs = distributed.gather_objects(rng_state())
+            with distributed.shared_failure(f"ending epoch {self.epoch}", slow=True):
+                if main:
+                    self._end_epoch(val, row, improved)
             stopped_early = self.early_stopping.should_stop
             self._stop = distributed.any_true(self._stop, self.device)
-            distributed.barrier()
         if stopped_early and main:
             log.info(
                 "early stopping: no val-loss improvement for %d epochs (best %.4f at epoch %d)",
