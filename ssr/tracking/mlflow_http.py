@@ -81,8 +81,3 @@ def short_http(timeout: str | None = None) -> Iterator[None]:
         yield
     finally:
         _active.reset(token)
-
-
-def effective(name: str) -> Any:
-    """The value MLflow's HTTP layer would use for the setting ``name`` here and now."""
-    return getattr(rest_utils, name).get()
