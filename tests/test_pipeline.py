@@ -282,8 +282,11 @@ def test_compile_warns_about_local_image_names(tmp_path, capsys):
 
 
 def _submit_lines() -> list[list[str]]:
-    """Every ``kfp ... run create ...`` command in the README's bash blocks, as argv."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    """Every ``kfp ... run create ...`` command in the bash blocks of README.md and docs/*.md,
+    as argv."""
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         joined = block.replace("\\\n", " ")
