@@ -175,7 +175,7 @@ class StorageConfig(_Section):
 
     endpoint_url: str | None = None
     region: str | None = None
-    max_attempts: int = Field(5, ge=1)
+    max_attempts: int = Field(10, ge=1)  # botocore standard mode: ~13 s of backoff in all
     multipart_threshold_mb: int = Field(64, ge=5)
     cache_dir: str = Field(".cache/ssr", description="local mirror of s3:// data directories")
 
