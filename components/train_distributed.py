@@ -25,7 +25,7 @@ def train_distributed(
     ``num_nodes`` nodes of ``image`` in ``<checkpoint_root>/<run_id>`` (``s3://``); re-attaches
     to the run's job on a retry; returns the best validation loss. ``run_id`` must be exactly
     ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``."""
-    from ssr.steps import distributed_train_step
+    from ssr.steps.trainjob import distributed_train_step
 
     result = distributed_train_step(
         processed.path,

@@ -19,7 +19,8 @@ from ssr.cluster.trainjob import (
     job_name,
     validate_trainjob,
 )
-from ssr.steps import StepError, delete_trainjob_step, distributed_train_step
+from ssr.steps import StepError
+from ssr.steps.trainjob import delete_trainjob_step, distributed_train_step
 
 NAMESPACE = "team-emg"
 RUN_ID = "6f1c2d3e-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
