@@ -26,8 +26,14 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """The spatiotemporal transformer (seed: ``model`` section)."""
+    """The model (seed: ``model`` section): ``arch`` picks a registered architecture
+    (:func:`ssr.model.register_architecture`), the other keys describe it."""
 
+    arch: str = Field(
+        "transformer",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="registered model architecture (ssr.model.ARCHITECTURES)",
+    )
     num_channels: int = Field(8, ge=1)
     input_size: int = Field(128, ge=1)
     hidden_size: int = Field(256, ge=1)

@@ -23,13 +23,32 @@ the electrode pattern reaches it; padding never changes the output.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ssr.config import ModelConfig
-from ssr.errors import DataError
+from ssr.errors import ConfigError, DataError
+
+# model.arch -> a factory (config, number of classes) -> module. A new architecture registers
+# itself with @register_architecture("name"); its forward takes (x, padding_mask) -> logits
+# like SpatiotemporalTransformer's, and everything downstream (trainer, export, serving) works.
+ModelFactory = Callable[[ModelConfig, int], nn.Module]
+ARCHITECTURES: dict[str, ModelFactory] = {}
+
+
+def register_architecture(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: make ``factory`` the model built for ``model.arch: name``."""
+
+    def add(factory: ModelFactory) -> ModelFactory:
+        if name in ARCHITECTURES and ARCHITECTURES[name] is not factory:
+            raise ValueError(f"model architecture {name!r} is registered twice")
+        ARCHITECTURES[name] = factory
+        return factory
+
+    return add
 
 
 class AttentionBlock(nn.Module):
@@ -94,6 +113,7 @@ def sinusoidal_encoding(max_frames: int, hidden_size: int) -> torch.Tensor:
     return table
 
 
+@register_architecture("transformer")
 class SpatiotemporalTransformer(nn.Module):
     """Classify a padded batch ``x`` (B, T, C, F) of utterances into ``num_classes`` words."""
 
@@ -203,8 +223,15 @@ class SpatiotemporalTransformer(nn.Module):
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """The model described by ``cfg`` with a ``num_classes``-way classifier."""
-    return SpatiotemporalTransformer(cfg, num_classes)
+    """The ``model.arch`` architecture described by ``cfg`` with a ``num_classes``-way
+    classifier; an unknown name is a ConfigError listing the registered ones."""
+    factory = ARCHITECTURES.get(cfg.arch)
+    if factory is None:
+        raise ConfigError(
+            f"model.arch={cfg.arch!r} is not a registered architecture "
+            f"(registered: {', '.join(sorted(ARCHITECTURES))})"
+        )
+    return factory(cfg, num_classes)
 
 
 def parameter_count(model: nn.Module) -> int:

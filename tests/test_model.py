@@ -89,3 +89,30 @@ def test_classifier_sees_each_electrode() -> None:
     x = torch.randn(1, 6, 8, 8)
     swapped = x[:, :, [1, 0, 2, 3, 4, 5, 6, 7]]
     assert not torch.allclose(model(x), model(swapped), atol=1e-4)
+
+
+def test_model_arch_picks_a_registered_architecture() -> None:
+    from torch import nn
+
+    from ssr.errors import ConfigError
+    from ssr.model import ARCHITECTURES, register_architecture
+
+    assert isinstance(build_model(CFG, num_classes=3), SpatiotemporalTransformer)
+
+    @register_architecture("test_linear")
+    class Linear(nn.Module):
+        def __init__(self, cfg, num_classes: int) -> None:
+            super().__init__()
+            self.out = nn.Linear(cfg.num_channels * cfg.input_size, num_classes)
+
+        def forward(self, x, padding_mask=None):
+            return self.out(x.mean(dim=1).flatten(1))
+
+    try:
+        model = build_model(CFG.model_copy(update={"arch": "test_linear"}), num_classes=3)
+        assert isinstance(model, Linear)
+        assert model(torch.zeros(2, 5, CFG.num_channels, CFG.input_size)).shape == (2, 3)
+        with pytest.raises(ConfigError, match=r"model.arch='nope'.*test_linear, transformer"):
+            build_model(CFG.model_copy(update={"arch": "nope"}), num_classes=3)
+    finally:
+        ARCHITECTURES.pop("test_linear")
