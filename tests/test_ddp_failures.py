@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
@@ -22,6 +23,7 @@ from ssr.errors import CheckpointError, ConfigError
 from ssr.training import Trainer, distributed
 from ssr.training.checkpoint import load_checkpoint
 from ssr.training.distributed import DistInfo
+from ssr.training.runtime import rank_seed, restore_rank_rng
 
 WORLD = 2
 TIMEOUT_S = 600  # a failure must end the ranks in seconds, far below this
@@ -155,7 +157,9 @@ def _args(data: Path, work: Path, **extra: object) -> list[str]:
 
 
 @pytest.mark.slow
-def test_per_rank_rng_saved_restored_and_reduced_loss(data: Path, tmp_path: Path) -> None:
+def test_per_rank_rng_saved_restored_and_reduced_loss(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # rank 0 sleeps 25 s in its end-of-epoch I/O, the collectives time out after 15 s:
     # the others wait on the long-timeout group, so the run still succeeds
     args = _args(data, tmp_path / "w", training__dist_timeout_s=15)
@@ -189,6 +193,30 @@ def test_per_rank_rng_saved_restored_and_reduced_loss(data: Path, tmp_path: Path
         assert "error" not in res, res.get("error")
         assert res["record"]["epoch_rng"]["3"] == saved[r]
     assert load_checkpoint(ckpt)["epoch"] == 3
+
+    # a single process continues the 2-process run: reseeded, with a warning, and finishes
+    torch.set_num_threads(1)
+    alone = Trainer(load_config(None, _args(data, tmp_path / "w", training__num_epochs=4)))
+    with caplog.at_level(logging.WARNING, logger="ssr.training.runtime"):
+        assert alone.fit(resume=ckpt).epochs_run == 4
+    assert "written by 2 process(es), resumed by 1" in caplog.text
+    assert load_checkpoint(ckpt)["world_size"] == 1
+
+
+def test_another_world_size_reseeds_deterministically(caplog: pytest.LogCaptureFixture) -> None:
+    state = {"world_size": 2, "rng_ranks": [{}, {}], "global_step": 5, "epoch_progress": None}
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(0)  # whatever came before does not matter
+        assert not restore_rank_rng(state, rank=1, world_size=3, seed=42, source="ck.pth")
+        draws.append(torch.rand(3))
+    assert torch.equal(draws[0], draws[1])
+    torch.manual_seed(rank_seed(42, 1, salt=6))
+    assert torch.equal(draws[0], torch.rand(3))
+    # rank 0 of the new world draws differently from rank 1
+    restore_rank_rng(state, rank=0, world_size=3, seed=42, source="ck.pth")
+    assert not torch.equal(draws[0], torch.rand(3))
+    assert "ck.pth: written by 2 process(es), resumed by 3" in caplog.text
 
 
 @pytest.mark.slow
