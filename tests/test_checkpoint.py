@@ -126,3 +126,18 @@ def test_bad_training_checkpoint_is_one_line(tmp_path: Path, changes: dict, prob
         restore_model(load_checkpoint(path), path)
     message = str(info.value)
     assert message.startswith(path) and "\n" not in message and len(message) < 700, message
+
+
+def test_a_checkpoint_from_before_model_arch_still_resumes() -> None:
+    from ssr.config import ModelConfig
+    from ssr.errors import CheckpointError
+    from ssr.training.checkpoint import RESUME_KEYS, check_resumable
+
+    model = ModelConfig().model_dump()
+    legacy = {k: v for k, v in model.items() if k != "arch"}  # written before model.arch
+    state = {k: {} for k in RESUME_KEYS}
+    state.update(labels=["a", "b"], config={"model": legacy})
+    check_resumable(state, "old.pth", ["a", "b"], model)
+    other = {**model, "arch": "something_else"}
+    with pytest.raises(CheckpointError, match="model.arch: transformer -> something_else"):
+        check_resumable(state, "old.pth", ["a", "b"], other)

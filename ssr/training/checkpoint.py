@@ -260,6 +260,10 @@ def restore_model(state: dict[str, Any], source: str) -> tuple[torch.nn.Module, 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "early_stopping", "epoch", "rng", "labels")
 
 
+# Model keys added after checkpoints were first written, with what their absence means.
+ABSENT_MEANS = {"arch": "transformer"}
+
+
 def check_resumable(
     state: dict[str, Any], source: str, labels: list[str], model: dict[str, Any]
 ) -> None:
@@ -277,6 +281,7 @@ def check_resumable(
     stored = config.get("model") if isinstance(config, dict) else None
     if not isinstance(stored, dict):
         raise CheckpointError(f"{source}: stored config has no 'model' section")
+    stored = {**ABSENT_MEANS, **stored}
     diff = sorted(k for k in model if k != "dropout" and stored.get(k) != model[k])
     if diff:
         changes = ", ".join(f"model.{k}: {stored.get(k)} -> {model[k]}" for k in diff)
