@@ -43,7 +43,8 @@ def api_client() -> Any:
     cfg = client.Configuration()
     path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     if Path(path.split(os.pathsep)[0]).is_file():
-        config.load_kube_config(client_configuration=cfg)
+        # named explicitly: the client reads $KUBECONFIG once, when it is first imported
+        config.load_kube_config(config_file=path, client_configuration=cfg)
     else:
         config.load_incluster_config(client_configuration=cfg)
     return client.ApiClient(cfg)
@@ -58,7 +59,8 @@ def current_namespace() -> str:
     try:
         from kubernetes import config
 
-        _, active = config.list_kube_config_contexts()
+        path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        _, active = config.list_kube_config_contexts(config_file=path)
         return str(active["context"].get("namespace") or "default")
     except Exception:  # no kubeconfig: the API server's default
         return "default"
