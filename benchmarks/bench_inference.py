@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from ssr.tracking.mlflow_backend import ensure_experiment
+    from ssr.tracking.store import ensure_experiment
 
     set_threads(args.threads)
     print_machine("cpu")

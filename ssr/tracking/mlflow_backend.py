@@ -32,7 +32,7 @@ from ssr.tracking.mlflow_queue import BATCH_METRICS, Op, OpQueue
 from ssr.tracking.store import ensure_experiment, open_client, safe_path
 from ssr.tracking.tracker import RunSpec, Tracker
 
-__all__ = ["MlflowTracker", "ensure_experiment"]  # ensure_experiment: for older importers
+__all__ = ["MlflowTracker"]
 
 log = logging.getLogger(__name__)
 
