@@ -29,6 +29,9 @@ def evaluate(
 ) -> float:
     """Same as ``ssr evaluate --split test``; returns the test accuracy for the gate.
 
+    The one output left anonymous (``Output``): ``kfp.local`` 2.17 resolves a task output in a
+    ``dsl.If`` condition only by that name (named outputs read as missing: the branch is skipped).
+
     ``metrics`` holds the model's accuracy, macro-F1 and loss and the baseline's accuracy and
     macro-F1; ``summary`` is ``report.html`` (model vs baseline, per class, confusion matrix).
     """

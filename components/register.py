@@ -1,5 +1,7 @@
 """KFP component: register the model in the MLflow registry and run the promotion gate."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model
 
@@ -12,18 +14,20 @@ def register(
     model: Input[Model],
     report: Input[Artifact],
     pipeline_run_id: str,
+    model_name: str,
+    min_accuracy: float,
+    margin: float,
+    p_value: float,
+    baseline_margin: float,
     config_yaml: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameter default
-    model_name: str = "ssr-emg",
-    min_accuracy: float = 0.5,
-    margin: float = 0.0,
-    p_value: float = 0.05,
-    baseline_margin: float = 0.0,
-) -> str:
+) -> NamedTuple("Outputs", [("version", str)]):
     """Same as ``ssr register`` (challenger alias, gate, champion); returns the version.
 
     Idempotent per ``pipeline_run_id``: a retried or re-run step finds the version this run
     registered and moves no alias again."""
+    from collections import namedtuple
+
     from ssr.steps import register_step
 
     result = register_step(
@@ -39,4 +43,4 @@ def register(
         p_value,
         baseline_margin=baseline_margin,
     )
-    return str(result["version"])
+    return namedtuple("Outputs", ["version"])(str(result["version"]))

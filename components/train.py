@@ -1,5 +1,7 @@
 """KFP component: train the model with automatic resume, export the best checkpoint."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
@@ -14,8 +16,8 @@ def train(
     run_id: str,
     config_yaml: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameter default
-    epochs: int = 30,
-) -> float:
+    epochs: int = 0,
+) -> NamedTuple("Outputs", [("best_val_loss", float)]):
     """Same as ``ssr train --resume auto`` in ``<checkpoint_root>/<run_id>``; returns the best
     validation loss. ``run_id`` must be exactly ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``: the KFP
     driver substitutes the placeholder only in a parameter that is nothing else."""
@@ -25,4 +27,6 @@ def train(
         processed.path, model.path, checkpoint_root, run_id, config_yaml, overrides, epochs
     )
     model.metadata.update(result)
-    return float(result["best_val_loss"])
+    from collections import namedtuple
+
+    return namedtuple("Outputs", ["best_val_loss"])(float(result["best_val_loss"]))

@@ -1,6 +1,8 @@
 """KFP component: multi-node training as a Kubeflow Trainer TrainJob, launched and followed
 from a small pod (no GPU); exports the best checkpoint like :mod:`components.train`."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
@@ -16,11 +18,11 @@ def train_distributed(
     image: str,
     num_nodes: int,
     gpus_per_node: str,
+    deadline_seconds: int,
     config_yaml: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameter default
-    epochs: int = 30,
-    deadline_seconds: int = 86400,
-) -> float:
+    epochs: int = 0,
+) -> NamedTuple("Outputs", [("best_val_loss", float)]):
     """Same as ``ssr trainjob launch``: ``torchrun -m ssr train --resume auto`` on
     ``num_nodes`` nodes of ``image`` in ``<checkpoint_root>/<run_id>`` (``s3://``); re-attaches
     to the run's job on a retry; returns the best validation loss. ``run_id`` must be exactly
@@ -42,4 +44,6 @@ def train_distributed(
         deadline_seconds,
     )
     model.metadata.update(result)
-    return float(result["best_val_loss"])
+    from collections import namedtuple
+
+    return namedtuple("Outputs", ["best_val_loss"])(float(result["best_val_loss"]))

@@ -38,19 +38,22 @@ def run_local(
     overrides: list[str] | None = None,
     data_uri: str = "",
     pipeline_yaml: str | Path | None = None,
-    min_accuracy: float = 0.5,
-    model_name: str = "ssr-emg",
+    min_accuracy: float | None = None,
+    model_name: str | None = None,
     config: str | Path = LOCAL_CONFIG,
 ) -> dict[str, Any]:
     """Run the pipeline locally on ``config`` (plus ``overrides``); returns where its results
-    are. ``epochs`` defaults to the config's ``training.num_epochs``."""
+    are. ``epochs``, ``min_accuracy``, ``model_name`` and the rest of the gate default to the
+    config's (``training.num_epochs``, the ``registry`` section)."""
     from kfp import local
 
     from ssr.config import load_config
 
     config_yaml = Path(config).read_text()
-    if epochs is None:
-        epochs = load_config(config, overrides).training.num_epochs
+    cfg = load_config(config, overrides)
+    epochs = cfg.training.num_epochs if epochs is None else epochs
+    registry = cfg.registry
+    model_name = registry.model_name if model_name is None else model_name
 
     workdir = Path(workdir).resolve()
     _prepare_env(workdir)
@@ -65,8 +68,11 @@ def run_local(
         "checkpoint_root": str(workdir / "checkpoints"),  # the step adds /<run id>
         "gpus_per_node": "0",  # a string parameter (see pipelines.training_pipeline)
         "num_nodes": 1,  # one process here; the exit handler then has no TrainJob to delete
-        "min_accuracy": min_accuracy,
         "model_name": model_name,
+        "min_accuracy": registry.min_accuracy if min_accuracy is None else min_accuracy,
+        "margin": registry.margin,
+        "p_value": registry.p_value,
+        "baseline_margin": registry.baseline_margin or 0.0,
     }
     if pipeline_yaml:
         from kfp import components
@@ -85,12 +91,12 @@ def _newest_run(root: Path) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def _task_output(task_dir: Path) -> Any:
+def _task_output(task_dir: Path, name: str) -> Any:
     """The return value of a task that ran (None when it was skipped, e.g. by the gate)."""
     path = task_dir / "executor_output.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text()).get("parameterValues", {}).get("Output")
+    return json.loads(path.read_text()).get("parameterValues", {}).get(name)
 
 
 def summarize(root: Path, elapsed: float, model_name: str) -> dict[str, Any]:
@@ -116,7 +122,7 @@ def summarize(root: Path, elapsed: float, model_name: str) -> dict[str, Any]:
         found = sorted(training_plots.glob(f"{kind}_epoch_*.png"), key=os.path.getmtime)
         if found:
             summary.setdefault("plots", []).append(str(found[-1]))
-    summary["registered_version"] = _task_output(run_dir / "register")
+    summary["registered_version"] = _task_output(run_dir / "register", "version")
     summary["model_name"] = model_name
     summary["mlflow_tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI")
     if summary["registered_version"]:
@@ -167,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         dest="overrides",
         help="config override section.key=value, applied on top of --config",
     )
-    parser.add_argument("--min-accuracy", type=float, default=0.5)
+    parser.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=None,
+        help="default: the config's registry.min_accuracy",
+    )
     args = parser.parse_args(argv)
     summary = run_local(
         args.workdir,

@@ -28,6 +28,8 @@ from kfp import dsl, kubernetes
 from components import delete_trainjob, evaluate, preprocess, register, train, train_distributed
 from components.image import SSR_TRAIN_IMAGE
 from ssr.cluster.secrets import OPTIONAL, S3, SECRETS
+from ssr.cluster.trainjob import DEFAULT_DEADLINE_SECONDS
+from ssr.config import RegistryConfig
 
 PIPELINE_NAME = "ssr-emg-training"
 # Compile-time defaults for the GPU request; both stay run parameters of the pipeline. The count
@@ -37,7 +39,8 @@ GPUS_PER_NODE = os.environ.get("SSR_GPUS_PER_NODE", "1")
 # Writable by every S3 key a KFP install hands out: the standalone MinIO key and, from KFP 2.15,
 # the per-profile keys (which may write shared/, artifacts/ and private/<namespace>/).
 CHECKPOINT_ROOT = "s3://mlpipeline/shared/ssr-checkpoints"
-TRAINJOB_DEADLINE_SECONDS = 24 * 3600
+# The gate's defaults are the typed config's (one source: ssr.config.RegistryConfig).
+REGISTRY = RegistryConfig()
 
 
 def _with_secrets(task: dsl.PipelineTask, names: list[str]) -> dsl.PipelineTask:
@@ -104,17 +107,17 @@ def training_pipeline(
     config_yaml: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameter default
     synth_args: list = [],  # noqa: B006
-    epochs: int = 30,
+    epochs: int = 0,
     checkpoint_root: str = CHECKPOINT_ROOT,
     gpu_type: str = GPU_TYPE,
     gpus_per_node: str = GPUS_PER_NODE,
     num_nodes: int = 1,
-    trainjob_deadline_seconds: int = TRAINJOB_DEADLINE_SECONDS,
-    model_name: str = "ssr-emg",
-    min_accuracy: float = 0.5,
-    margin: float = 0.0,
-    p_value: float = 0.05,
-    baseline_margin: float = 0.0,
+    trainjob_deadline_seconds: int = DEFAULT_DEADLINE_SECONDS,
+    model_name: str = REGISTRY.model_name,
+    min_accuracy: float = REGISTRY.min_accuracy,
+    margin: float = REGISTRY.margin,
+    p_value: float = REGISTRY.p_value,
+    baseline_margin: float = REGISTRY.baseline_margin or 0.0,
 ) -> None:
     """Train and register a model.
 
@@ -123,7 +126,7 @@ def training_pipeline(
             generate synthetic EMG in the preprocess step (``synth_args`` are its options).
         config_yaml: the YAML text of a config; empty means the embedded defaults.
         overrides: ``section.key=value`` overrides applied on top of the config.
-        epochs: maximum training epochs (``training.num_epochs``).
+        epochs: maximum training epochs; 0 keeps the config's ``training.num_epochs``.
         checkpoint_root: object-storage prefix (or folder); checkpoints go to
             ``<root>/<pipeline run id>`` so a retried training step resumes where the failed
             attempt stopped, and no other run's checkpoint is ever resumed.
@@ -136,7 +139,7 @@ def training_pipeline(
         min_accuracy: test accuracy below which nothing is registered (and the gate's minimum).
         margin, p_value: the promotion gate against the current champion.
         baseline_margin: test-accuracy gain required over the linear baseline
-            (``registry.baseline_margin``).
+            (``registry.baseline_margin``); negative skips the baseline check.
 
     The test accuracy is the evaluate step's output, the registered version the register
     step's.

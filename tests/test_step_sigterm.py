@@ -89,7 +89,7 @@ def _executor_input(artifact: Path, work: Path, epochs: int) -> dict[str, Any]:
             "artifacts": {"processed": artifact_list("processed", "system.Dataset", artifact)},
         },
         "outputs": {
-            "parameters": {"Output": {"outputFile": str(work / "out" / "Output")}},
+            "parameters": {"best_val_loss": {"outputFile": str(work / "out" / "best_val_loss")}},
             "artifacts": {"model": artifact_list("model", "system.Model", work / "out" / "model")},
             "outputFile": str(work / "out" / "executor_output.json"),
         },

@@ -21,5 +21,6 @@ def launch_only(artifact_uri: str, checkpoint_root: str, image: str, num_nodes: 
             image=image,
             num_nodes=num_nodes,
             gpus_per_node="1",
+            deadline_seconds=3600,
             epochs=1,
         )

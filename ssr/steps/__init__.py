@@ -178,7 +178,7 @@ def train_step(
             f"training.checkpoint_dir={checkpoint_dir}",
             # Quoted: an override value is read as YAML, and an id of digits would be a number.
             f"training.run_id={json.dumps(run_id.strip())}",
-            f"training.num_epochs={epochs}",
+            *([f"training.num_epochs={epochs}"] if epochs > 0 else []),  # 0: the config's
         ]
         storage = load_config(cfg_args[1] if cfg_args else None, args).storage
         check_writable(checkpoint_dir, storage)
@@ -248,6 +248,8 @@ def register_step(
     Idempotent per pipeline run: when ``pipeline_run_id`` already registered a version (a
     retried task, a re-run), that version is reused and no alias moves; the gate runs again
     only if it never finished for that version (its ``pipeline.gate_action`` tag is unset).
+    A negative ``baseline_margin`` skips the baseline check (``registry.baseline_margin: null``;
+    a KFP float parameter cannot be null).
     """
     from ssr.config import load_config
     from ssr.registry.promote import CHAMPION, alias_version, promote
@@ -260,7 +262,7 @@ def register_step(
         f"registry.min_accuracy={min_accuracy}",
         f"registry.margin={margin}",
         f"registry.p_value={p_value}",
-        f"registry.baseline_margin={baseline_margin}",
+        f"registry.baseline_margin={'null' if baseline_margin < 0 else baseline_margin}",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         args = config_args(config_yaml, tmp)

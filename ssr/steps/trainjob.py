@@ -91,7 +91,7 @@ def distributed_train_step(
         f"data.processed_dir={processed}",
         f"training.checkpoint_dir={checkpoint_dir}",
         f"training.run_id={json.dumps(run_id.strip())}",
-        f"training.num_epochs={epochs}",
+        *([f"training.num_epochs={epochs}"] if epochs > 0 else []),  # 0: the config's
     ]
     try:
         run_cli([*launch, "--", *train_args])
