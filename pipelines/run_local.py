@@ -72,7 +72,7 @@ def run_local(
         "min_accuracy": registry.min_accuracy if min_accuracy is None else min_accuracy,
         "margin": registry.margin,
         "p_value": registry.p_value,
-        "baseline_margin": registry.baseline_margin or 0.0,
+        "baseline_margin": -1.0 if registry.baseline_margin is None else registry.baseline_margin,
     }
     if pipeline_yaml:
         from kfp import components
