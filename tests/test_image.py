@@ -22,7 +22,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"  # docker/Dockerfile's BASE_IMAGE
-IMAGE = "localhost/ssr/ssr:container-test"
+# Another tag lets two checkouts run this test side by side on one podman store.
+IMAGE = os.environ.get("SSR_TEST_IMAGE", "localhost/ssr/ssr:container-test")
 # Flags that let podman run inside an unprivileged CI container (no overlayfs, no systemd).
 PODMAN = os.environ.get(
     "SSR_TEST_PODMAN", "podman --storage-driver=vfs --runtime runc --cgroup-manager=cgroupfs"
