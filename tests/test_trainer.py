@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from ssr.training import Trainer
 from ssr.training.checkpoint import load_checkpoint
 from ssr.training.early_stopping import EarlyStopping
 from ssr.training.runtime import TrainingOOMError
-from ssr.training.trainer import clip_gradients, grad_norm
+from ssr.training.trainer import clip_gradients
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -138,6 +138,12 @@ def test_label_smoothing_reaches_the_loss(processed: Path, tmp_path: Path) -> No
     # Same seed and data: only the smoothing differs, and it raises the loss of a fresh model
     # whose predictions are still sharper than the smoothed targets allow.
     assert losses[0.4] != pytest.approx(losses[0.0], abs=1e-4)
+
+
+def grad_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
+    """Total L2 norm of the gradients present."""
+    norms = [p.grad.detach().norm(2) for p in parameters if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms), 2)) if norms else 0.0
 
 
 def test_clip_gradients_bounds_the_norm() -> None:

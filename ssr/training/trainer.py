@@ -90,12 +90,6 @@ def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> float
     return float(nn.utils.clip_grad_norm_(list(parameters), max_norm))
 
 
-def grad_norm(parameters: Iterable[nn.Parameter]) -> float:
-    """Total L2 norm of the gradients present."""
-    norms = [p.grad.detach().norm(2) for p in parameters if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms), 2)) if norms else 0.0
-
-
 class Trainer:
     """Train the model in ``cfg`` on ``cfg.data.processed_dir``; see :meth:`fit`."""
 
