@@ -1,12 +1,16 @@
 """The training loop: AdamW, label smoothing, gradient clipping, LR plateau schedule, early
 stopping, checkpoints that resume exactly, validation plots, tracking, single process or DDP.
+
+The :class:`Trainer` holds the loop (:meth:`Trainer.train_epoch`, :meth:`Trainer.validate`,
+:meth:`Trainer._fit`); the data and loaders come from :mod:`ssr.training.loaders`, the
+checkpoint state from :mod:`ssr.training.state` and rank 0's tracking and validation
+artefacts from :mod:`ssr.training.reporting` (both mixins of the Trainer).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,59 +20,35 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DistributedSampler
 
 from ssr.config import Config
-from ssr.data.processed import ProcessedSplit, collate
-from ssr.errors import CheckpointError, ConfigError
 from ssr.evaluation import predict
 from ssr.metrics import accuracy, confusion_matrix, macro_f1
-from ssr.model import build_model, parameter_count
+from ssr.model import build_model
 from ssr.progress import progress_bar
-from ssr.storage import (
-    CheckpointPublisher,
-    download_to,
-    exists,
-    is_s3,
-    join,
-    localize,
-    upload_dir,
-)
-from ssr.storage import copy as copy_object
+from ssr.storage import CheckpointPublisher
 from ssr.tracking.base import NullTracker, Tracker
-from ssr.tracking.context import describe_device
 from ssr.training import distributed
 from ssr.training.augment import augment_batch
-from ssr.training.checkpoint import (
-    BEST,
-    LAST,
-    check_resumable,
-    checkpoint_bytes,
-    epoch_name,
-    feature_state,
-    load_weights,
-)
 from ssr.training.early_stopping import EarlyStopping
+from ssr.training.loaders import load_splits, make_loaders
+from ssr.training.reporting import Reporting
 from ssr.training.runtime import (
     TrainingError,
     autocast,
     autocast_dtype,
     grad_scaler,
     oom_guard,
-    precision_name,
     rank_seed,
-    restore_rank_rng,
     rng_state,
     seed_everything,
     select_device,
     stop_workers,
 )
-from ssr.training.signals import worker_ignores_sigterm
-from ssr.training.validation_plots import plot_validation
+from ssr.training.state import CheckpointState
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_VERSION = 1
 
 
 @dataclass
@@ -90,7 +70,7 @@ def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> float
     return float(nn.utils.clip_grad_norm_(list(parameters), max_norm))
 
 
-class Trainer:
+class Trainer(CheckpointState, Reporting):
     """Train the model in ``cfg`` on ``cfg.data.processed_dir``; see :meth:`fit`."""
 
     def __init__(self, cfg: Config, tracker: Tracker | None = None) -> None:
@@ -131,69 +111,15 @@ class Trainer:
 
     # -- set-up --------------------------------------------------------------------------------
     def _load_data(self) -> None:
-        root = self.cfg.data.processed_dir
-        if is_s3(root):  # mirrored into the local cache, then memory-mapped from there
-            root = str(localize(root, self.cfg.storage.cache_dir, self.cfg.storage))
-        self.train_set = ProcessedSplit(root, "train")
-        self.val_set = ProcessedSplit(root, "val")
-        manifest = self.train_set.manifest
-        self.manifest = manifest
-        self.labels: list[str] = list(manifest["labels"])
-        for key in ("num_channels", "input_size"):
-            if key in manifest and int(manifest[key]) != getattr(self.cfg.model, key):
-                raise ConfigError(
-                    f"{root}/manifest.json: {key}={manifest[key]} but model.{key}="
-                    f"{getattr(self.cfg.model, key)}; set model.{key}={manifest[key]}"
-                )
-        if len(self.val_set) < self.dist.world_size:
-            raise ConfigError(
-                f"{root}: the validation split has {len(self.val_set)} utterance(s), fewer than "
-                f"the {self.dist.world_size} DDP processes; each rank validates its own share, "
-                "so run fewer processes or use a larger validation split"
-            )
-        longest = int(max(self.train_set.lengths.max(), self.val_set.lengths.max()))
-        if longest > self.cfg.model.max_frames:
-            raise ConfigError(
-                f"{root}: longest utterance has {longest} frames > model.max_frames="
-                f"{self.cfg.model.max_frames}; set model.max_frames={longest} or more"
-            )
+        splits = load_splits(self.cfg, self.dist.world_size)
+        self.train_set, self.val_set = splits.train_set, splits.val_set
+        self.manifest, self.labels = splits.manifest, splits.labels
 
     def _loaders(self) -> None:
-        tc = self.cfg.training
-        workers = tc.num_workers
-        common: dict[str, Any] = {
-            "batch_size": tc.batch_size,
-            "collate_fn": collate,
-            "num_workers": workers,
-            "pin_memory": self.device.type == "cuda",
-            "persistent_workers": workers > 0,
-            "worker_init_fn": worker_ignores_sigterm if workers > 0 else None,
-        }
-        # The sampler's generator decides the shuffles and is checkpointed; the loader's own
-        # generator only seeds worker processes (which draw nothing), so resume stays exact.
-        self.sampler_generator = torch.Generator().manual_seed(tc.seed)
-        self.loader_generator = torch.Generator().manual_seed(tc.seed + 1)
-        if self.dist.enabled:
-            self.train_sampler: Any = DistributedSampler(
-                self.train_set,
-                num_replicas=self.dist.world_size,
-                rank=self.dist.rank,
-                shuffle=True,
-                seed=tc.seed,
-            )
-        else:
-            self.train_sampler = RandomSampler(self.train_set, generator=self.sampler_generator)
-        self.train_loader = DataLoader(
-            self.train_set, sampler=self.train_sampler, generator=self.loader_generator, **common
-        )
-        # Validation is sharded without padding and gathered, so metrics count each once.
-        val_part = Subset(
-            self.val_set, range(self.dist.rank, len(self.val_set), self.dist.world_size)
-        )
-        # Its own generator: worker seeds drawn from the global RNG would shift dropout after
-        # a resume (the first validation of a resumed run comes at another epoch).
-        val_generator = torch.Generator().manual_seed(tc.seed + 2)
-        self.val_loader = DataLoader(val_part, shuffle=False, generator=val_generator, **common)
+        lo = make_loaders(self.cfg, self.train_set, self.val_set, self.device, self.dist)
+        self.sampler_generator, self.loader_generator = lo.sampler_generator, lo.loader_generator
+        self.train_sampler, self.train_loader = lo.train_sampler, lo.train_loader
+        self.val_loader = lo.val_loader
 
     def _build(self) -> None:
         tc = self.cfg.training
@@ -213,93 +139,6 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = DistributedDataParallel(net, device_ids=ids)
         self.train_model = net
-
-    # -- checkpoints ---------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Everything needed to continue exactly, as plain containers and tensors."""
-        return {
-            "version": CHECKPOINT_VERSION,
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "early_stopping": self.early_stopping.state_dict(),
-            "best_val_loss": self.early_stopping.best,
-            "best_epoch": self.early_stopping.best_epoch,
-            "rng": rng_state(),
-            "rng_ranks": self._rank_rngs or [rng_state()],  # every rank's, in rank order
-            "scaler": self.scaler.state_dict(),  # empty unless fp16
-            **self._generator_states(),
-            "config": self.cfg.model_dump(),
-            "labels": list(self.labels),
-            "data_fingerprint": str(self.manifest.get("fingerprint", "")),
-            **feature_state(self.manifest),
-            "tracking": dict(self.tracker.run_ids()),
-            "history": list(self.history),
-            "world_size": self.dist.world_size,
-            "epoch_progress": dict(self._epoch_progress) if self._interrupted else None,
-        }
-
-    def _generator_states(self) -> dict[str, torch.Tensor]:
-        # Mid-epoch: the states at the epoch's start, so a resume replays the same shuffle.
-        if self._interrupted and self._epoch_start is not None:
-            sampler, loader = self._epoch_start
-        else:
-            sampler, loader = self.sampler_generator.get_state(), self.loader_generator.get_state()
-        return {"sampler_generator": sampler, "loader_generator": loader}
-
-    def _restore(self, state: dict[str, Any], source: str) -> None:
-        check_resumable(state, source, self.labels, self.cfg.model.model_dump())
-        load_weights(self.model, state["model"], source)
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{source}: cannot restore the optimizer: {first}") from None
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.early_stopping.load_state_dict(state["early_stopping"])
-        self.epoch = int(state["epoch"])
-        self.global_step = int(state.get("global_step", 0))
-        self.history = list(state.get("history", []))
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
-        world, seed = self.dist.world_size, self.cfg.training.seed
-        same_world = restore_rank_rng(state, self.dist.rank, world, seed, source)
-        self.sampler_generator.set_state(state["sampler_generator"])
-        self.loader_generator.set_state(state["loader_generator"])
-        if state.get("epoch_progress"):  # saved mid-epoch: redo this epoch
-            self.epoch -= 1
-            if same_world:  # from its next batch; another world size shards it otherwise
-                self._resume_progress = dict(state["epoch_progress"])
-        log.info(
-            "resumed from %s at epoch %d (step %d, best val loss %.4f)",
-            source,
-            self.epoch,
-            self.global_step,
-            self.early_stopping.best,
-        )
-
-    def _save(self, improved: bool) -> None:
-        ckdir = self.cfg.training.checkpoint_dir
-        state = self.state()
-        data = checkpoint_bytes(state)
-        names = [LAST] + ([BEST] if improved else [])
-        if self.epoch % self.cfg.training.save_interval == 0 and not self._interrupted:
-            names.append(epoch_name(self.epoch))
-        # The resume copy goes up completely, then latest.json moves to it (ssr.storage.pointer);
-        # the named copies are made from it, server-side on S3, so the bytes go up once.
-        assert self.publisher is not None, "checkpoints are saved by the main rank inside fit()"
-        pointer = self.publisher.publish(
-            data, epoch=self.epoch, global_step=self.global_step, run_ids=state["tracking"]
-        )
-        source = join(ckdir, pointer.checkpoint)
-        for name in names:
-            path = join(ckdir, name)
-            copy_object(source, path, self.cfg.storage)
-            if name == BEST:
-                self.best_checkpoint = path
-        log.info("epoch %d: saved %s in %s", self.epoch, ", ".join(names), ckdir)
 
     # -- one epoch -----------------------------------------------------------------------------
     def train_epoch(self) -> float:
@@ -389,69 +228,9 @@ class Trainer:
             "confusion_matrix": cm,
         }
 
-    def _output_dir(self) -> Path:
-        """``training.output_dir``, or a local staging dir uploaded to it when it is s3."""
-        out = self.cfg.training.output_dir
-        if not is_s3(out):
-            return Path(out)
-        if self._staging is None:
-            self._staging = Path(tempfile.mkdtemp(prefix="ssr-outputs-"))
-        return self._staging
-
-    def _visualise(self, val: dict[str, Any]) -> None:
-        outdir = self._output_dir()
-        world = self.dist.world_size
-        plot_validation(val, self.labels, self.val_set, world, outdir, self.epoch, self.tracker)
-        if self._staging is not None:
-            upload_dir(self._staging, self.cfg.training.output_dir, self.cfg.storage)
-
-    def _start_run(self) -> None:
-        """Rank 0: take over the checkpoint directory, log params and tags."""
-        tc = self.cfg.training
-        self.publisher = CheckpointPublisher(tc.checkpoint_dir, self.cfg.storage)
-        self.tracker.log_params(self.cfg.flat())
-        precision = precision_name(self.amp_dtype)
-        self.tracker.set_tags(
-            {
-                "data.fingerprint": str(self.manifest.get("fingerprint", "")),
-                # the device actually used (the tracker's own tag names the requested one);
-                # git_commit and the versions are already in the tracker's run tags
-                "device": describe_device(self.device.type),
-                "torch": torch.__version__,
-                "world_size": str(self.dist.world_size),
-                "precision": precision,
-            }
-        )
-        log.info(
-            "model: %.2f M parameters, %d classes, device %s, %s, world size %d",
-            parameter_count(self.model) / 1e6,
-            len(self.labels),
-            self.device,
-            f"{precision} autocast" if self.amp_dtype else "fp32",
-            self.dist.world_size,
-        )
-
     def _end_epoch(self, val: dict[str, Any], row: dict[str, float], improved: bool) -> None:
         """Rank 0: log the epoch, plot, checkpoint."""
-        log.info(
-            "epoch %d: train loss %.4f, val loss %.4f, val acc %.3f, macro-F1 %.3f, lr %.3g%s",
-            self.epoch,
-            row["train_loss"],
-            val["loss"],
-            val["accuracy"],
-            val["macro_f1"],
-            row["lr"],
-            " (best)" if improved else "",
-        )
-        # Every scalar validate() returns is logged, so a new metric needs no edit here.
-        scalars = {
-            f"val/{k}": float(v)
-            for k, v in val.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        self.tracker.log_metrics({**scalars, "lr": row["lr"], "epoch": self.epoch}, step=self.epoch)
-        if self.epoch % self.cfg.training.viz_interval == 0:
-            self._visualise(val)
+        self._report_epoch(val, row, improved)
         self._save(improved)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -479,13 +258,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.best_checkpoint: str | None = None
         if resume is not None or resume_state is not None:
-            if resume_state is None:
-                from ssr.training.checkpoint import load_checkpoint
-
-                resume_state = load_checkpoint(resume)  # type: ignore[arg-type]
-            self._restore(resume_state, resume or "<resume state>")
-            best = join(tc.checkpoint_dir, BEST)
-            self.best_checkpoint = best if exists(best, self.cfg.storage) else None
+            self._resume(resume, resume_state)
         main = self.dist.is_main
         # Rank 0's I/O (tracking, checkpoints, plots) runs while the others wait on the slow
         # group; a failure there ends every rank with the same error.
@@ -528,12 +301,8 @@ class Trainer:
                 self.early_stopping.best,
                 self.early_stopping.best_epoch,
             )
-        if main and self.best_checkpoint:
-            best_local = self.best_checkpoint
-            if is_s3(best_local):
-                tmp = Path(tempfile.mkdtemp(prefix="ssr-best-")) / BEST
-                best_local = str(download_to(best_local, tmp, self.cfg.storage))
-            self.tracker.log_artifact(best_local, artifact_path="checkpoints")
+        if main:
+            self._log_best()
         return TrainResult(
             best_val_loss=self.early_stopping.best,
             best_epoch=self.early_stopping.best_epoch,
