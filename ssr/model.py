@@ -23,7 +23,8 @@ the electrode pattern reaches it; padding never changes the output.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +118,9 @@ def sinusoidal_encoding(max_frames: int, hidden_size: int) -> torch.Tensor:
 class SpatiotemporalTransformer(nn.Module):
     """Classify a padded batch ``x`` (B, T, C, F) of utterances into ``num_classes`` words."""
 
+    position_encoding: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    segment_centres: torch.Tensor
+
     def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
         super().__init__()
         if num_classes < 2:
@@ -146,7 +150,7 @@ class SpatiotemporalTransformer(nn.Module):
         uniform predictions and near-identity blocks, so deep models need no learning-rate
         warmup."""
         std = 0.02 / math.sqrt(4 * len(self.blocks))  # 4 residual branches per block
-        for block in self.blocks:
+        for block in cast("Iterable[FactorisedBlock]", self.blocks):
             for layer in (block.spatial, block.temporal):
                 for out in (layer.attn_out, layer.ff_out):
                     nn.init.normal_(out.weight, std=std)

@@ -44,7 +44,13 @@ def scoring_command(
     own (``scoring_server.get_cmd``), with uvicorn started by this interpreter."""
     from mlflow.pyfunc import scoring_server
 
-    command, env = scoring_server.get_cmd(str(model_dir), port, host, timeout, workers)
+    command, env = scoring_server.get_cmd(
+        str(model_dir),
+        port,
+        host,  # type: ignore[arg-type]  # MLflow annotates it int; it is a name (shlex.quote)
+        timeout,
+        workers,
+    )
     argv = shlex.split(command)
     if argv[0] != "uvicorn":
         raise RuntimeError(f"unexpected scoring server command from MLflow: {command}")

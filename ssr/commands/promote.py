@@ -58,7 +58,7 @@ def _fmt(value: object) -> str:
 def format_result(result: PromotionResult) -> str:
     """A small table of the comparison and what happened."""
     prefix = "dry run: would " if result.dry_run else ""
-    rows = [
+    rows: list[tuple[str, object]] = [
         ("model", result.model_name),
         ("champion before", result.champion_before),
         ("candidate", result.candidate),

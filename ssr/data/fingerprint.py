@@ -46,7 +46,7 @@ class Fingerprint:
         relative = _relative(utt.path, root)
         header = f"{relative}\0{utt.label}\0{utt.sampling_rate!r}\0{emg.dtype.str}\0{emg.shape}\0"
         digest = hashlib.sha256(header.encode())
-        samples = emg.reshape(-1).view(np.uint8)  # the bytes, without a copy
+        samples = emg.reshape(-1).view(np.uint8).data  # the bytes, without a copy
         digest.update(samples)
         self._splits.setdefault(split, []).append((relative, digest.digest()))
         content = hashlib.sha256(f"{emg.dtype.str}\0{emg.shape}\0".encode())

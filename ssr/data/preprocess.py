@@ -53,8 +53,10 @@ log = logging.getLogger(__name__)
 
 
 class Labelled(Protocol):
-    path: str
-    label: str
+    @property
+    def path(self) -> str: ...
+    @property
+    def label(self) -> str: ...
 
 
 def validate_utterance(utt: Utterance, cfg: Config) -> None:

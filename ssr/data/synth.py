@@ -93,7 +93,7 @@ def generate(
     for s in plan:
         plan[s] = [plan[s][i] for i in order_rng.permutation(len(plan[s]))]
 
-    stats = {
+    stats: dict[str, dict[str, Any]] = {
         name: {"dir": str(out / name), "sessions": ids, "utterances": 0, "seconds": 0.0}
         for name, ids in _split_sessions(opts).items()
     }
@@ -113,7 +113,7 @@ def generate(
                 if opts.fmt == "native":
                     write_native(folder / f"{u:05d}.npz", emg, word, opts.sampling_rate)
                 else:
-                    info = {"session": s}
+                    info: dict[str, Any] = {"session": s}
                     if opts.sampling_rate != 1000.0:
                         info["sampling_rate"] = opts.sampling_rate
                     write_gaddy(folder, first + u, emg, word, sentence_index=u, extra_info=info)

@@ -124,7 +124,7 @@ def pyfunc_signature(
     classifier.load_context(PythonModelContext(artifacts=artifacts, model_config={}))
     output = classifier.predict(None, example)
     signature = infer_signature(example, output)
-    inputs = [
+    inputs: list[ColSpec | TensorSpec] = [
         ColSpec(Array(AnyType()), "emg"),
         ColSpec("double", "sampling_rate", required=False),
     ]

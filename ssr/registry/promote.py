@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -63,7 +63,7 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     return None if version is None else str(version)
 
 
-def _registered_model(client: MlflowClient, name: str):  # -> RegisteredModel
+def _registered_model(client: MlflowClient, name: str) -> RegisteredModel:
     try:
         return client.get_registered_model(name)
     except MlflowException as exc:

@@ -25,12 +25,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PyFuncModel, PythonModel, PythonModelContext
 
 from ssr.errors import DataError, RegistryError
 
@@ -58,10 +58,10 @@ def feature_params(manifest: dict[str, Any]) -> dict[str, Any]:
     return {key: manifest.get(key) for key in FEATURE_KEYS}
 
 
-class EmgClassifier(mlflow.pyfunc.PythonModel):
+class EmgClassifier(PythonModel):
     """Raw EMG recordings -> label, confidence and per-class probabilities."""
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         from safetensors.torch import load_file
 
         from ssr.config import ModelConfig
@@ -71,7 +71,8 @@ class EmgClassifier(mlflow.pyfunc.PythonModel):
         info = json.loads(Path(context.artifacts[MODEL_INFO]).read_text())
         self.manifest: dict[str, Any] = json.loads(Path(context.artifacts[MANIFEST]).read_text())
         self.labels: list[str] = list(info["labels"])
-        model = build_model(ModelConfig(**info["model"]), len(self.labels))
+        self.model_cfg = ModelConfig(**info["model"])
+        model = build_model(self.model_cfg, len(self.labels))
         model.load_state_dict(load_file(context.artifacts[WEIGHTS], device="cpu"))
         self.model = model.eval()
         self.extractor = FeatureExtractor.from_manifest(self.manifest)
@@ -80,7 +81,7 @@ class EmgClassifier(mlflow.pyfunc.PythonModel):
     def max_samples(self) -> int:
         """Longest recording (samples) whose frames fit ``model.max_frames``."""
         ex = self.extractor
-        return ex.window_size + (int(self.model.cfg.max_frames) - 1) * ex.hop_length
+        return ex.window_size + (int(self.model_cfg.max_frames) - 1) * ex.hop_length
 
     def check_recording(self, emg: np.ndarray, source: str) -> None:
         """Raise :class:`InvalidInputError` naming ``source`` if this model cannot classify ``emg``:
@@ -95,7 +96,7 @@ class EmgClassifier(mlflow.pyfunc.PythonModel):
             rate = self.extractor.sampling_rate
             raise InvalidInputError(
                 f"{source}: {emg.shape[0]} samples ({emg.shape[0] / rate:g} s) make {frames} "
-                f"frames, more than the model's max_frames={self.model.cfg.max_frames}; at most "
+                f"frames, more than the model's max_frames={self.model_cfg.max_frames}; at most "
                 f"{self.max_samples} samples ({self.max_samples / rate:g} s at {rate:g} Hz): "
                 "split the recording"
             )
@@ -182,7 +183,7 @@ class EmgClassifier(mlflow.pyfunc.PythonModel):
         return self.to_frame(self.predict_features(features))
 
 
-def load_pyfunc(model_uri: str) -> tuple[mlflow.pyfunc.PyFuncModel, EmgClassifier]:
+def load_pyfunc(model_uri: str) -> tuple[PyFuncModel, EmgClassifier]:
     """Load a registered ssr model: the pyfunc wrapper and the :class:`EmgClassifier` inside.
 
     The model is checked first (:func:`ssr.registry.safe_load.fetch_checked`): anything but a

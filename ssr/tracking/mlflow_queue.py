@@ -171,7 +171,8 @@ class OpQueue:
         self._failures = 0
 
     def _take_metrics(self) -> list[Op]:
-        batch, count = [], 0
+        batch: list[Op] = []
+        count = 0
         for op in self._queue:
             if op.kind != "metrics" or (batch and count + len(op.metrics) > BATCH_METRICS):
                 break

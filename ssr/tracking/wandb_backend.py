@@ -83,7 +83,8 @@ class WandbTracker(Tracker):
         self.run = wandb.init(
             project=project,
             entity=entity,
-            mode=mode,
+            # W&B validates the mode itself; WANDB_MODE may hold values its hint leaves out.
+            mode=mode,  # type: ignore[arg-type]
             dir=str(directory),
             id=resume_id,
             resume="allow",
