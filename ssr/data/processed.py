@@ -129,36 +129,56 @@ def write_processed(
     return out
 
 
-def _manifest_problem(manifest: Any) -> str | None:
-    """What is wrong with a parsed manifest, or None."""
-    if not isinstance(manifest, dict):
-        return "must be a JSON object"
-    if manifest.get("format_version") != FORMAT_VERSION:
-        return f"unsupported format_version {manifest.get('format_version')!r}"
-    labels = manifest.get("labels")
+def _labels_problem(labels: Any) -> str | None:
+    """What is wrong with a manifest's ``labels``, or None."""
     if not isinstance(labels, list) or not labels:
         return "'labels' must be a non-empty list"
     if not all(isinstance(label, str) and label for label in labels):
         return "'labels' must hold non-empty strings"
     if len(set(labels)) != len(labels):
         return "'labels' holds duplicates"
+    return None
+
+
+def _split_problem(name: str, entry: Any) -> str | None:
+    """What is wrong with the manifest entry ``splits.<name>``, or None."""
+    if not isinstance(entry, dict):
+        return f"splits.{name} must be an object"
+    for key in ("utterances", "frames"):
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"splits.{name}.{key} must be a non-negative integer"
+    shape = entry.get("shape")
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+    ):
+        return f"splits.{name}.shape must be [channels, bins]"
+    return None
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What is wrong with a parsed manifest, or None."""
+    if not isinstance(manifest, dict):
+        return "must be a JSON object"
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return f"unsupported format_version {manifest.get('format_version')!r}"
+    problem = _labels_problem(manifest.get("labels"))
+    if problem:
+        return problem
     splits = manifest.get("splits")
     if not isinstance(splits, dict) or not splits:
         return "'splits' must be a non-empty object"
     for name, entry in splits.items():
-        if not isinstance(entry, dict):
-            return f"splits.{name} must be an object"
-        for key in ("utterances", "frames"):
-            value = entry.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                return f"splits.{name}.{key} must be a non-negative integer"
-        shape = entry.get("shape")
-        if not (
-            isinstance(shape, list)
-            and len(shape) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
-        ):
-            return f"splits.{name}.shape must be [channels, bins]"
+        problem = _split_problem(name, entry)
+        if problem:
+            return problem
+    return _optional_fields_problem(manifest)
+
+
+def _optional_fields_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the manifest's optional string and integer fields, or None."""
     for key in ("fingerprint", "feature_hash"):
         if key in manifest and not isinstance(manifest[key], str):
             return f"{key!r} must be a string"

@@ -69,39 +69,45 @@ class SynthOptions:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for impossible options."""
-        problems = []
-        if self.vocab < 2:
-            problems.append(f"vocab must be >= 2, got {self.vocab}")
-        if (
-            self.train_sessions < 1
-            or self.num_test_sessions < 1
-            or self.sessions - self.train_sessions - self.num_test_sessions < 1
-        ):
-            problems.append(
+        checks = [  # (wrong, what is wrong), in the order they are reported
+            (self.vocab < 2, f"vocab must be >= 2, got {self.vocab}"),
+            (
+                self.train_sessions < 1
+                or self.num_test_sessions < 1
+                or self.sessions - self.train_sessions - self.num_test_sessions < 1,
                 f"need train_sessions >= 1 and held-out sessions for validation (>= 1) and "
                 f"test (>= 1); got sessions={self.sessions}, train_sessions="
-                f"{self.train_sessions}, test_sessions={self.num_test_sessions}"
-            )
-        if not 0.0 <= self.permuted <= 1.0:
-            problems.append(f"permuted must lie in [0, 1], got {self.permuted}")
-        if self.per_word < self.sessions:
-            problems.append(
+                f"{self.train_sessions}, test_sessions={self.num_test_sessions}",
+            ),
+            (
+                not 0.0 <= self.permuted <= 1.0,
+                f"permuted must lie in [0, 1], got {self.permuted}",
+            ),
+            (
+                self.per_word < self.sessions,
                 f"per_word ({self.per_word}) must be >= sessions ({self.sessions}) so every "
-                f"session has every word"
-            )
-        if not 0.3 <= self.min_duration <= self.max_duration:
-            problems.append(
+                f"session has every word",
+            ),
+            (
+                not 0.3 <= self.min_duration <= self.max_duration,
                 f"need 0.3 <= min_duration <= max_duration, got {self.min_duration}, "
-                f"{self.max_duration}"
-            )
-        if self.sampling_rate < 1000:
-            problems.append(f"sampling_rate must be >= 1000 Hz, got {self.sampling_rate}")
-        if self.channels < 2:
-            problems.append(f"channels must be >= 2, got {self.channels}")
-        if self.fmt not in ("native", "gaddy"):
-            problems.append(f"format must be native or gaddy, got {self.fmt!r}")
-        if self.powerline_freq <= 0:
-            problems.append(f"powerline_freq must be positive, got {self.powerline_freq}")
+                f"{self.max_duration}",
+            ),
+            (
+                self.sampling_rate < 1000,
+                f"sampling_rate must be >= 1000 Hz, got {self.sampling_rate}",
+            ),
+            (self.channels < 2, f"channels must be >= 2, got {self.channels}"),
+            (
+                self.fmt not in ("native", "gaddy"),
+                f"format must be native or gaddy, got {self.fmt!r}",
+            ),
+            (
+                self.powerline_freq <= 0,
+                f"powerline_freq must be positive, got {self.powerline_freq}",
+            ),
+        ]
+        problems = [message for wrong, message in checks if wrong]
         if problems:
             raise ConfigError("synth: " + "; ".join(problems))
 

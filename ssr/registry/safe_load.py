@@ -103,6 +103,13 @@ def check_mlmodel(meta: dict[str, Any], source: str) -> str:
             f"{source}: model code {name!r}, ssr logs {MODEL_CODE_FILE!r}; not an ssr model. "
             "Not loaded"
         )
+    _check_contents(pyfunc, source)
+    return name
+
+
+def _check_contents(pyfunc: dict[str, Any], source: str) -> None:
+    """Refuse a python_function flavour without ssr's artifacts, or with an artifact or code
+    folder outside the model folder."""
     artifacts = pyfunc.get("artifacts") or {}
     missing = [k for k in ARTIFACT_KEYS if k not in artifacts]
     if missing:
@@ -114,7 +121,6 @@ def check_mlmodel(meta: dict[str, Any], source: str) -> str:
     code_dir = pyfunc.get("code")
     if code_dir is not None and not _relative(code_dir):
         raise RegistryError(f"{source}: code folder points outside the model ({code_dir!r})")
-    return name
 
 
 def check_code(text: str, source: str) -> None:
