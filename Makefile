@@ -27,12 +27,14 @@ $(BIN)/ssr: pyproject.toml constraints.txt
 
 setup: $(BIN)/ssr ## create .venv and install ssr (editable) with dev extras, pinned
 
-test: setup ## run the test suite
+test: setup lint ## lint, then run the test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: setup ## ruff
+lint: setup ## ruff check and format check, mypy on ssr, the import-layer contracts
 	$(BIN)/ruff check ssr components pipelines tests benchmarks
 	$(BIN)/ruff format --check ssr components pipelines tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q tests/test_import_layers.py
 
 format: setup ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix ssr components pipelines tests benchmarks
