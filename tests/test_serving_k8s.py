@@ -22,9 +22,9 @@ import pytest
 import yaml
 from test_k8s import PIPELINE_SECRETS, SENSITIVE, by_kind, containers, pod_spec, render
 
-from ssr.serve_options import add_arguments
 from ssr.config import load_config
 from ssr.registry.register import SERVING_REQUIREMENTS, serving_distributions
+from ssr.serve_options import add_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 SERVING = REPO / "k8s" / "serving"
