@@ -44,7 +44,7 @@ lock: setup ## re-pin constraints.txt from the current venv
 	$(BIN)/pip freeze --exclude-editable | grep -viE '^ssr-emg( |==|@)' | sed 's/^torch==.*/torch==2.13.0/' > constraints.txt
 
 clean: ## remove build output, caches and local run outputs (not data you made)
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache
 
 # ---- containers and Kubernetes ---------------------------------------------------------------
 # Builds with any Docker-compatible CLI: make images DOCKER=podman. Global CLI flags go in DOCKER
