@@ -117,11 +117,18 @@ def _children(pid: int) -> list[int]:
 
 
 def _python_pid(shell: int, timeout: float = 60) -> int:
+    """The shell's child running ``python3 -m kfp.dsl.executor_main``. Matched on a whole
+    argument: a child forked for ``$(mktemp -d)`` carries the shell's own command line (the
+    script, which mentions the module) until it execs, and is gone a moment later."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        kids = _children(shell)
-        if kids and "executor_main" in Path(f"/proc/{kids[0]}/cmdline").read_text():
-            return kids[0]
+        for kid in _children(shell):
+            try:
+                args = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"kfp.dsl.executor_main" in args:
+                return kid
         time.sleep(0.2)
     raise AssertionError("the executor's python process never started")
 
