@@ -66,6 +66,14 @@ class S3Server:
     def client(self):
         return boto3.client("s3", endpoint_url=self.endpoint, **_boto_kwargs())
 
+    def keys(self, bucket: str, contains: str = "") -> list[str]:
+        """Every key in ``bucket`` (all pages: one listing stops at 1,000) that has
+        ``contains`` in it; the session's buckets fill up with every test's artifacts."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return [
+            o["Key"] for page in pages for o in page.get("Contents", []) if contains in o["Key"]
+        ]
+
     def create_bucket(self, name: str) -> str:
         client = self.client()
         with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):

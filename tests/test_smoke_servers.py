@@ -21,7 +21,5 @@ def test_mlflow_server_logs_to_s3(mlflow_server, s3_server, tmp_path):
         mlflow.log_artifact(str(tmp_path / "f.txt"))
     client = MlflowClient(mlflow_server.uri)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "x")] == [3]
-    keys = [
-        o["Key"] for o in s3_server.client().list_objects_v2(Bucket="mlflow-artifacts")["Contents"]
-    ]
+    keys = s3_server.keys("mlflow-artifacts", contains=run.info.run_id)
     assert any(k.endswith("f.txt") for k in keys)

@@ -111,8 +111,7 @@ def test_one_run_reaches_mlflow_s3_and_wandb(mlflow_server, s3_server, tmp_path)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [
         "checkpoints/best.pt"
     ]
-    objects = s3_server.client().list_objects_v2(Bucket="mlflow-artifacts")["Contents"]
-    keys = [o["Key"] for o in objects if ids["mlflow"] in o["Key"]]
+    keys = s3_server.keys("mlflow-artifacts", contains=ids["mlflow"])
     assert any(k.endswith("confusion_matrix/step-000002.json") for k in keys)
     assert any(k.endswith("checkpoints/best.pt") for k in keys)
 
