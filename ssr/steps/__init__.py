@@ -152,6 +152,32 @@ def check_writable(checkpoint_dir: str, storage: Any = None) -> None:
         ) from None
 
 
+def training_overrides(checkpoint_dir: str, run_id: str, epochs: int) -> list[str]:
+    """The overrides every train step adds: where to checkpoint, the run id, and the epoch
+    budget (``epochs`` 0 keeps the config's)."""
+    return [
+        f"training.checkpoint_dir={checkpoint_dir}",
+        # Quoted: an override value is read as YAML, and an id of digits would be a number.
+        f"training.run_id={json.dumps(run_id.strip())}",
+        *([f"training.num_epochs={epochs}"] if epochs > 0 else []),
+    ]
+
+
+def export_best(checkpoint_dir: str, model_path: str, storage: Any, run_id: str) -> dict[str, Any]:
+    """Copy ``<checkpoint_dir>/best_model.pth`` to ``model_path``; what the step reports."""
+    from ssr.storage import download_to, join
+    from ssr.training.checkpoint import BEST, load_checkpoint
+
+    download_to(join(checkpoint_dir, BEST), model_path, storage)
+    state = load_checkpoint(model_path)
+    return {
+        "best_val_loss": float(state.get("best_val_loss", float("nan"))),
+        "epoch": int(state.get("epoch", 0)),
+        "checkpoint_dir": checkpoint_dir,
+        "run_id": run_id.strip(),
+    }
+
+
 def train_step(
     artifact_dir: str,
     model_path: str,
@@ -164,8 +190,6 @@ def train_step(
     """``ssr train --resume auto`` in ``<checkpoint_root>/<run_id>`` (a retried step continues
     there; a checkpoint of another run or data set is refused), then export ``best_model.pth``."""
     from ssr.config import load_config
-    from ssr.storage import download_to, join
-    from ssr.training.checkpoint import BEST, load_checkpoint
     from ssr.training.signals import sigterm_when_parent_dies
 
     sigterm_when_parent_dies()  # a SIGTERM to KFP's `sh -ec` wrapper reaches the training too
@@ -175,22 +199,12 @@ def train_step(
         args = [
             *overrides,
             *_data_overrides(artifact_dir),
-            f"training.checkpoint_dir={checkpoint_dir}",
-            # Quoted: an override value is read as YAML, and an id of digits would be a number.
-            f"training.run_id={json.dumps(run_id.strip())}",
-            *([f"training.num_epochs={epochs}"] if epochs > 0 else []),  # 0: the config's
+            *training_overrides(checkpoint_dir, run_id, epochs),
         ]
         storage = load_config(cfg_args[1] if cfg_args else None, args).storage
         check_writable(checkpoint_dir, storage)
         run_cli(["train", *cfg_args, *args, "--resume", "auto"])
-    download_to(join(checkpoint_dir, BEST), model_path, storage)
-    state = load_checkpoint(model_path)
-    return {
-        "best_val_loss": float(state.get("best_val_loss", float("nan"))),
-        "epoch": int(state.get("epoch", 0)),
-        "checkpoint_dir": checkpoint_dir,
-        "run_id": run_id.strip(),
-    }
+    return export_best(checkpoint_dir, model_path, storage, run_id)
 
 
 def evaluate_step(

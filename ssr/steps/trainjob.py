@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -16,7 +15,9 @@ from ssr.steps import (
     check_writable,
     checkpoint_dir_for,
     config_args,
+    export_best,
     run_cli,
+    training_overrides,
 )
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,7 @@ def distributed_train_step(
     nodes in ``<checkpoint_root>/<run_id>`` (which must be ``s3://``), then export
     ``best_model.pth`` like :func:`train_step`. A retried step re-attaches to the run's job."""
     from ssr.config import load_config
-    from ssr.storage import download_to, is_s3, join, write_bytes
-    from ssr.training.checkpoint import BEST, load_checkpoint
+    from ssr.storage import is_s3, join, write_bytes
 
     checkpoint_dir = checkpoint_dir_for(checkpoint_root, run_id)
     if not is_s3(checkpoint_dir):
@@ -89,9 +89,7 @@ def distributed_train_step(
     train_args = [
         *overrides,
         f"data.processed_dir={processed}",
-        f"training.checkpoint_dir={checkpoint_dir}",
-        f"training.run_id={json.dumps(run_id.strip())}",
-        *([f"training.num_epochs={epochs}"] if epochs > 0 else []),  # 0: the config's
+        *training_overrides(checkpoint_dir, run_id, epochs),
     ]
     try:
         run_cli([*launch, "--", *train_args])
@@ -101,15 +99,7 @@ def distributed_train_step(
 
         detail = describe(job_name(run_id))
         raise StepError(f"{exc}; {detail}" if detail else str(exc)) from None
-    download_to(join(checkpoint_dir, BEST), model_path, storage)
-    state = load_checkpoint(model_path)
-    return {
-        "best_val_loss": float(state.get("best_val_loss", float("nan"))),
-        "epoch": int(state.get("epoch", 0)),
-        "checkpoint_dir": checkpoint_dir,
-        "run_id": run_id.strip(),
-        "num_nodes": int(num_nodes),
-    }
+    return {**export_best(checkpoint_dir, model_path, storage, run_id), "num_nodes": int(num_nodes)}
 
 
 def delete_trainjob_step(run_id: str, num_nodes: int, final_state: str = "") -> bool:
