@@ -290,12 +290,11 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(processed: Path, tmp_pat
     assert stopped.epochs_run == 2 and stopped.stop_requested
     assert main(["train", "--resume", "auto", *overrides(tmp_path / "b")]) == 0
 
+    _assert_same_weights(tmp_path / "a", tmp_path / "b")
     a = load_checkpoint(str(tmp_path / "a" / "checkpoints" / "last.pth"))
     b = load_checkpoint(str(tmp_path / "b" / "checkpoints" / "last.pth"))
-    assert b["epoch"] == 4 and b["global_step"] == a["global_step"]
+    assert b["epoch"] == 4
     assert a["model"].keys() == b["model"].keys()
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
     assert a["scheduler"] == b["scheduler"]
     assert a["early_stopping"] == b["early_stopping"]
 
