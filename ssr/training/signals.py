@@ -65,18 +65,26 @@ def sigterm_when_parent_dies() -> bool:
 def stop_on_sigterm(trainer: Stoppable) -> Iterator[None]:
     """While active, SIGTERM asks ``trainer`` to stop after the current step and checkpoint.
 
-    A second SIGTERM gets the previous handler (by default: terminate at once). Outside the
-    main thread, signals cannot be handled and this does nothing.
+    Later SIGTERMs are ignored: one stop can legitimately bring two (a process-group SIGTERM,
+    then the parent-death SIGTERM of :func:`sigterm_when_parent_dies` when the wrapping shell
+    dies of the first one), and a second must not kill the process in the middle of its save.
+    Kubernetes ends a stop that overruns its grace period with SIGKILL; by hand, SIGINT or
+    SIGKILL. Outside the main thread, signals cannot be handled and this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
+    received = 0
 
     def handler(signum: int, frame: object) -> None:
-        log.warning("SIGTERM: stopping after the current step and saving a checkpoint")
-        trainer.request_stop(now=True)
-        signal.signal(signal.SIGTERM, previous)
+        nonlocal received
+        received += 1
+        if received == 1:
+            log.warning("SIGTERM: stopping after the current step and saving a checkpoint")
+            trainer.request_stop(now=True)
+        elif received == 2:
+            log.info("SIGTERM again: already stopping (SIGKILL ends the process at once)")
 
     signal.signal(signal.SIGTERM, handler)
     try:
