@@ -127,7 +127,7 @@ def transformer(data: BenchData, config: Path, extra: list[str], work: Path) -> 
     """
     from ssr.evaluation import evaluate
     from ssr.tracking.base import NullTracker
-    from ssr.training import run_training
+    from ssr.training.job import run_training
 
     shutil.rmtree(work, ignore_errors=True)
     cfg = data.config(

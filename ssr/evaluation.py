@@ -31,6 +31,8 @@ from ssr.plots import plot_confusion_matrix
 from ssr.progress import progress_bar
 from ssr.report import render_report
 from ssr.tracking.base import NullTracker, Tracker
+from ssr.training.checkpoint import check_features, load_checkpoint, restore_model
+from ssr.training.runtime import select_device
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +138,6 @@ def evaluate(
     split (``metrics.json``'s ``baseline``, tracked as ``{split}/baseline_*``). ``state`` is
     the checkpoint already loaded, if the caller has it.
     """
-    # ssr.training imports this module, so its parts are imported here, not at the top.
-    from ssr.training.checkpoint import check_features, load_checkpoint, restore_model
-    from ssr.training.runtime import select_device
-
     tracker = tracker or NullTracker()
     if state is None:
         state = load_checkpoint(checkpoint)

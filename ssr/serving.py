@@ -29,6 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ssr.errors import SSRError
+from ssr.redact import RedactingFilter, redact
 from ssr.registry.safe_load import fetch_checked, resolve_alias
 from ssr.serve_options import DESCRIPTION, add_arguments
 
@@ -124,8 +126,6 @@ def serve_parsed(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ssr.serving``: the options and exit codes of ``ssr serve`` (2: refused)."""
-    from ssr.errors import SSRError
-    from ssr.redact import RedactingFilter, redact
 
     parser = argparse.ArgumentParser(prog="python -m ssr.serving", description=DESCRIPTION)
     add_arguments(parser)

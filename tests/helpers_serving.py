@@ -14,7 +14,6 @@ import mlflow.pyfunc
 import torch
 from mlflow.tracking import MlflowClient
 
-import ssr.training  # noqa: F401  (before ssr.evaluation: they import each other)
 from ssr.config import Config, load_config
 from ssr.data.preprocess import run_preprocess
 from ssr.data.processed import ProcessedSplit, collate

@@ -20,10 +20,11 @@ from helpers_data import make_processed, tiny_overrides
 
 from ssr.config import load_config
 from ssr.errors import CheckpointError, ConfigError
-from ssr.training import Trainer, distributed
+from ssr.training import distributed
 from ssr.training.checkpoint import load_checkpoint
 from ssr.training.distributed import DistInfo
 from ssr.training.runtime import rank_seed, restore_rank_rng
+from ssr.training.trainer import Trainer
 
 WORLD = 2
 TIMEOUT_S = 600  # a failure must end the ranks in seconds, far below this

@@ -231,8 +231,8 @@ def test_bad_metrics_json_is_named(tmp_path: Path, content: str, problem: str) -
 
 def test_other_features_are_refused(processed: Path, tmp_path: Path) -> None:
     """Same recordings and labels, other feature settings: evaluate and resume refuse."""
-    from ssr.training import check_resume_identity
     from ssr.training.checkpoint import feature_state, load_checkpoint
+    from ssr.training.job import check_resume_identity
 
     cfg = Config(
         model=ModelConfig(input_size=8, hidden_size=16, num_layers=1, num_heads=2, max_frames=64)

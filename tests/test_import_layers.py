@@ -4,6 +4,10 @@ pipeline steps, serving) down to the library, with leaf modules at the bottom an
 Every ``import`` counts, at module level or deferred inside a function: a cycle that works only
 because one side defers its import is still a cycle. The checker itself is tested on a graph
 with a cycle put in, so that a passing run means something.
+
+An import deferred into a function must earn its place by start-up time: it has to keep a heavy
+third-party package (:data:`HEAVY`) out of its module's import, or guard an optional one with
+``except ImportError``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,32 @@ CONTRACTS: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
 ]
 ALLOWED = {("ssr.fsutil", "ssr.errors")}
 
+# Third-party packages that take about 0.1 s or more to import (``python -X importtime``: torch,
+# mlflow and sklearn several seconds; safetensors for its ``safetensors.torch``).
+HEAVY = frozenset(
+    {
+        "boto3",
+        "botocore",
+        "fastapi",
+        "kfp",
+        "kubeflow_trainer_api",
+        "kubernetes",
+        "matplotlib",
+        "mlflow",
+        "numpy",
+        "pandas",
+        "pydantic",
+        "requests",
+        "safetensors",
+        "scipy",
+        "sklearn",
+        "sqlalchemy",
+        "torch",
+        "uvicorn",
+        "wandb",
+    }
+)
+
 
 def module_files(root: Path = ROOT) -> dict[str, Path]:
     """Dotted module name -> file, for every module of :data:`PACKAGES`."""
@@ -84,8 +114,11 @@ def import_graph(files: Mapping[str, Path]) -> dict[str, set[str]]:
                 # defined or re-exported); `import a.b`: a.b
                 while target and target not in files:
                     target = target.rpartition(".")[0]
-                if target and target != name:
-                    graph[name].add(target)
+                # importing a.b.c runs a/__init__.py and a/b/__init__.py first: edges to them too
+                parts = target.split(".")
+                for i in range(1, len(parts) + 1):
+                    if ".".join(parts[:i]) in files and ".".join(parts[:i]) != name:
+                        graph[name].add(".".join(parts[:i]))
         # a submodule importing its own package's __init__ is how Python loads it, not a cycle
         graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
     return graph
@@ -150,6 +183,74 @@ def violations(graph: Mapping[str, Iterable[str]]) -> list[str]:
     return found
 
 
+def _resolve(target: str, files: Mapping[str, Path]) -> str:
+    """A project module (the longest prefix that is one) or a third-party package's root."""
+    if target.split(".")[0] not in PACKAGES:
+        return target.split(".")[0]
+    while target and target not in files:
+        target = target.rpartition(".")[0]
+    return target
+
+
+def _split_imports(
+    files: Mapping[str, Path],
+) -> tuple[dict[str, set[str]], dict[str, list[tuple[int, list[str]]]]]:
+    """Per module: what it imports when loaded, and its deferred imports (line, targets) that
+    are not guarded by ``except ImportError``. ``if TYPE_CHECKING:`` imports are neither."""
+    loaded: dict[str, set[str]] = {}
+    deferred: dict[str, list[tuple[int, list[str]]]] = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(), str(path))
+        skip: set[int] = set()  # ids of import nodes that run only for type checkers
+        inner: set[int] = set()
+        guarded: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skip.update(id(n) for n in ast.walk(node))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner.update(id(n) for n in ast.walk(node))
+            elif isinstance(node, ast.Try) and any(
+                h.type is not None and "ImportError" in ast.unparse(h.type) for h in node.handlers
+            ):
+                guarded.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+        loaded[name], deferred[name] = set(), []
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in skip:
+                continue
+            targets = [
+                _resolve(t, files) for t in _imported(node, name, path.name == "__init__.py")
+            ]
+            if id(node) not in inner:
+                loaded[name].update(targets)
+            elif id(node) not in guarded:
+                deferred[name].append((node.lineno, targets))
+    return loaded, deferred
+
+
+def deferred_imports_that_save_nothing(files: Mapping[str, Path]) -> list[str]:
+    """Deferred imports that keep no :data:`HEAVY` package out of their module's import."""
+    loaded, deferred = _split_imports(files)
+    memo: dict[str, frozenset[str]] = {}
+
+    def heavy(module: str, path: tuple[str, ...] = ()) -> frozenset[str]:
+        if module not in files:
+            return frozenset({module} & HEAVY)
+        if module in memo or module in path:
+            return memo.get(module, frozenset())
+        parts = module.split(".")
+        parents = [".".join(parts[:i]) for i in range(1, len(parts))]  # run their __init__
+        found = frozenset().union(*(heavy(m, (*path, module)) for m in [*parents, *loaded[module]]))
+        memo[module] = found
+        return found
+
+    found = []
+    for name in sorted(deferred):
+        for line, targets in deferred[name]:
+            if not frozenset().union(*(heavy(t) for t in targets)) - heavy(name):
+                found.append(f"{name}:{line} imports {', '.join(targets)}")
+    return found
+
+
 @pytest.fixture(scope="module")
 def graph() -> dict[str, set[str]]:
     return import_graph(module_files())
@@ -161,6 +262,11 @@ def test_no_import_cycle(graph: dict[str, set[str]]) -> None:
 
 def test_imports_follow_the_layers(graph: dict[str, set[str]]) -> None:
     assert violations(graph) == []
+
+
+def test_deferred_imports_save_start_up_time() -> None:
+    files = {k: v for k, v in module_files().items() if k.startswith("ssr")}
+    assert deferred_imports_that_save_nothing(files) == []
 
 
 def test_the_checker_sees_a_cycle_put_in(graph: dict[str, set[str]]) -> None:
@@ -179,5 +285,37 @@ def test_the_checker_reads_deferred_and_relative_imports(tmp_path: Path) -> None
     (package / "sub" / "b.py").write_text("from .. import a\n")
     files = {k: v for k, v in module_files(tmp_path).items() if k.startswith("ssr")}
     graph = import_graph(files)
-    assert graph["ssr.a"] == {"ssr.sub.b"} and graph["ssr.sub.b"] == {"ssr.a"}
+    assert graph["ssr.a"] == {"ssr.sub", "ssr.sub.b"} and graph["ssr.sub.b"] == {"ssr.a"}
     assert cycles(graph) == [["ssr.a", "ssr.sub.b"]]
+
+
+def test_the_checker_sees_a_cycle_through_a_package_init(tmp_path: Path) -> None:
+    """``from ssr.pkg.leaf import x`` runs ``ssr/pkg/__init__.py`` first: when that imports
+    the importer back, it is a cycle although ``leaf`` itself imports nothing."""
+    package = tmp_path / "ssr"
+    (package / "pkg").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "pkg" / "__init__.py").write_text("from ssr.pkg.loop import run\n")
+    (package / "pkg" / "leaf.py").write_text("X = 1\n")
+    (package / "pkg" / "loop.py").write_text("from ssr.other import y\n")
+    (package / "other.py").write_text("from ssr.pkg.leaf import X\ny = X\n")
+    files = {k: v for k, v in module_files(tmp_path).items() if k.startswith("ssr")}
+    assert cycles(import_graph(files)) == [["ssr.other", "ssr.pkg", "ssr.pkg.loop"]]
+
+
+def test_the_checker_sees_a_deferred_import_that_saves_nothing(tmp_path: Path) -> None:
+    package = tmp_path / "ssr"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "heavy.py").write_text("import torch\n")
+    (package / "light.py").write_text("import json\n")
+    (package / "a.py").write_text(
+        "import numpy\n"
+        "def f():\n    from ssr import heavy\n"  # keeps torch out: fine
+        "def g():\n    import numpy.linalg\n"  # numpy is already loaded: saves nothing
+        "def h():\n    from ssr import light\n"  # nothing heavy at all: saves nothing
+        "def i():\n    try:\n        import fcntl\n    except ImportError:\n        pass\n"
+    )
+    files = {k: v for k, v in module_files(tmp_path).items() if k.startswith("ssr")}
+    found = [line.split(" ", 1)[0] for line in deferred_imports_that_save_nothing(files)]
+    assert found == ["ssr.a:5", "ssr.a:7"]

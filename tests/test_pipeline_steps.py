@@ -13,7 +13,6 @@ import torch
 from helpers_data import make_processed, tiny_overrides
 from mlflow.tracking import MlflowClient
 
-import ssr.training  # noqa: F401  (before ssr.evaluation: they import each other)
 from ssr.config import Config, load_config
 from ssr.errors import CheckpointError
 from ssr.steps import (
@@ -28,8 +27,8 @@ from ssr.steps import (
 )
 from ssr.storage import list_objects
 from ssr.storage.pointer import CheckpointPublisher
-from ssr.training import resolve_resume
 from ssr.training.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
+from ssr.training.job import resolve_resume
 
 # ---------------------------------------------------------------------------- checkpoint folder
 

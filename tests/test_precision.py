@@ -12,9 +12,9 @@ from helpers_data import tiny_overrides
 
 from ssr.config import load_config
 from ssr.errors import ConfigError
-from ssr.training import Trainer
 from ssr.training.checkpoint import load_checkpoint
 from ssr.training.runtime import autocast_dtype, grad_scaler, precision_name
+from ssr.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,7 +14,6 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import ssr.training  # noqa: F401  (before ssr.evaluation: they import each other)
 from ssr.cli import main
 from ssr.config import Config, load_config
 from ssr.data.preprocess import run_preprocess

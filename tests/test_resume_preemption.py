@@ -20,8 +20,8 @@ from helpers_data import make_processed, tiny_overrides
 from ssr.cli import main
 from ssr.config import load_config
 from ssr.storage import list_objects, publish, read_bytes, read_pointer, write_bytes
-from ssr.training import run_training
 from ssr.training.checkpoint import find_resume, load_checkpoint
+from ssr.training.job import run_training
 
 EPOCHS = 3
 STEPS = 6  # per epoch: 4 classes x 12 utterances, batch 8

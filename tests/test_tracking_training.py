@@ -21,8 +21,8 @@ from ssr.cli import main
 from ssr.config import load_config
 from ssr.tracking import Tracker, open_tracker
 from ssr.tracking.context import data_fingerprint
-from ssr.training import run_training
 from ssr.training.checkpoint import load_checkpoint
+from ssr.training.job import run_training
 
 # real trainings; the outage test starts its own MLflow server
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

@@ -17,11 +17,10 @@ from ssr.cli import main
 from ssr.config import load_config
 from ssr.data.fingerprint import feature_hash
 from ssr.errors import ConfigError
-from ssr.training import Trainer
 from ssr.training.checkpoint import load_checkpoint
 from ssr.training.early_stopping import EarlyStopping
 from ssr.training.runtime import TrainingOOMError
-from ssr.training.trainer import clip_gradients
+from ssr.training.trainer import Trainer, clip_gradients
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

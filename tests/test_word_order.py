@@ -17,7 +17,7 @@ from ssr.data.preprocess import run_preprocess
 from ssr.data.synth import SynthOptions, generate
 from ssr.evaluation import evaluate
 from ssr.tracking.base import NullTracker
-from ssr.training import run_training
+from ssr.training.job import run_training
 
 
 @pytest.fixture(scope="module")

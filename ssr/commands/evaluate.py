@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ssr.cli import add_config_args, config_from_args
+from ssr.tracking.base import open_tracker
+from ssr.tracking.context import data_fingerprint
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ssr.evaluation import default_out_dir, evaluate
     from ssr.storage import localize
-    from ssr.tracking.base import open_tracker
     from ssr.training.checkpoint import load_checkpoint, stored_config
 
     cfg = config_from_args(args)
@@ -39,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
     # the config, as logged, keeps the URI the user gave.
     data = str(localize(cfg.data.processed_dir, cfg.storage.cache_dir, cfg.storage))
     out = args.out or default_out_dir(cfg.training.output_dir, args.split)
-    from ssr.tracking.context import data_fingerprint
 
     tracker = open_tracker(cfg, job="evaluate", fingerprint=data_fingerprint(data))
     status = "FAILED"

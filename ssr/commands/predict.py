@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from ssr.data.formats import GADDY_SAMPLING_RATE
 from ssr.errors import DataError
+from ssr.progress import progress_bar
+from ssr.tracking.store import require_store
 
 GADDY_EMG = re.compile(r"^(\d+)_emg\.npy$")
 
@@ -83,7 +86,6 @@ def _read_npz(path: str) -> Recording:
 
 def _gaddy_info(path: Path) -> tuple[float, str | None]:
     """Sampling rate and label from a Gaddy ``*_emg.npy``'s ``*_info.json`` (when present)."""
-    from ssr.data.formats import GADDY_SAMPLING_RATE
 
     match = GADDY_EMG.match(path.name)
     info_path = path.with_name(f"{match[1]}_info.json") if match else None
@@ -132,15 +134,12 @@ def _numeric(rec: Recording) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ssr.progress import progress_bar
     from ssr.registry.pyfunc_model import load_pyfunc
 
     for path in args.files:  # before the model is fetched
         _exists(path)
     if args.model.startswith("models:/"):  # a registry lookup: never create an empty store
         import mlflow
-
-        from ssr.tracking.store import require_store
 
         uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
         require_store(uri)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ssr.cli import add_config_args, config_from_args
 from ssr.errors import ConfigError, RegistryError
+from ssr.tracking.store import require_store, wait_on_sqlite_locks
 
 if TYPE_CHECKING:
     from ssr.registry.promote import PromotionResult
@@ -98,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ssr.registry.promote import promote, promote_across, rollback
     from ssr.registry.register import connect, tracking_uri
-    from ssr.tracking.store import require_store, wait_on_sqlite_locks
 
     cfg = config_from_args(args)
     if bool(args.source) != bool(args.target):

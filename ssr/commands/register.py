@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ssr.cli import add_config_args, config_from_args
+from ssr.errors import RegistryError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
-    from ssr.errors import RegistryError
     from ssr.registry.register import register_model
     from ssr.storage import localize
 

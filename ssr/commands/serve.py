@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ssr.serve_options import DESCRIPTION, add_arguments
+from ssr.serving import serve_parsed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +23,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssr.serving import serve_parsed
-
     return serve_parsed(args)

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssr.training import run_training
+    from ssr.training.job import run_training
 
     cfg = config_from_args(args)
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)

@@ -8,7 +8,14 @@ import logging
 import os
 import sys
 
-from ssr.cluster.trainjob import DEFAULT_DEADLINE_SECONDS
+from ssr.cluster.launcher import TrainJobs, current_namespace, launch
+from ssr.cluster.node import run_node as node
+from ssr.cluster.trainjob import (
+    DEFAULT_DEADLINE_SECONDS,
+    build_trainjob,
+    job_name,
+    validate_trainjob,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +91,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _name(args: argparse.Namespace) -> str:
-    from ssr.cluster.trainjob import job_name
-
     return args.name or job_name(args.run_id)
 
 
 def _namespace(args: argparse.Namespace) -> str:
-    from ssr.cluster.launcher import current_namespace
-
     return args.namespace or current_namespace()
 
 
 def run_launch(args: argparse.Namespace) -> int:
-    from ssr.cluster.launcher import TrainJobs, launch
-    from ssr.cluster.trainjob import build_trainjob, validate_trainjob
-
     body = build_trainjob(
         _name(args),
         _namespace(args),
@@ -129,8 +129,6 @@ def run_launch(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
-    from ssr.cluster.launcher import TrainJobs
-
     name, namespace = _name(args), _namespace(args)
     if TrainJobs(namespace).delete(name, wait=args.wait):
         log.info("deleted TrainJob %s/%s", namespace, name)
@@ -140,8 +138,6 @@ def run_delete(args: argparse.Namespace) -> int:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    from ssr.cluster.node import run_node as node
-
     sys.stdout.flush()
     node(args.train_args, args.config_uri, args.master_timeout, args.rendezvous_timeout)
     return 0  # not reached: the process became torchrun

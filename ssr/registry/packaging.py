@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.models import ModelSignature, infer_signature
+from mlflow.pyfunc import PythonModelContext
 from mlflow.types.schema import AnyType, Array, ColSpec, Schema, TensorSpec
 
 import ssr
@@ -119,7 +120,6 @@ def pyfunc_signature(
     samples. The classifier checks every row itself (numeric, 2-D, channels, finite, length)
     and answers with the row's problem; MLflow still refuses an ``emg`` that is not an array.
     """
-    from mlflow.pyfunc import PythonModelContext
 
     classifier.load_context(PythonModelContext(artifacts=artifacts, model_config={}))
     output = classifier.predict(None, example)

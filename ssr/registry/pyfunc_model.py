@@ -32,7 +32,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PyFuncModel, PythonModel, PythonModelContext
 
+from ssr.data.formats import read_native
+from ssr.data.processed import ProcessedSplit
 from ssr.errors import DataError, RegistryError
+from ssr.registry.safe_load import load_checked
 
 WEIGHTS = "weights"  # artifact keys
 MODEL_INFO = "model_info"
@@ -189,7 +192,6 @@ def load_pyfunc(model_uri: str) -> tuple[PyFuncModel, EmgClassifier]:
     The model is checked first (:func:`ssr.registry.safe_load.fetch_checked`): anything but a
     pyfunc ``ssr register`` logged as code is refused before its code or pickle runs.
     """
-    from ssr.registry.safe_load import load_checked
 
     loaded = load_checked(model_uri)
     inner = loaded.unwrap_python_model()
@@ -228,8 +230,6 @@ def correctness_on_test_split(
     otherwise the model featurises the raw recordings itself (from ``test_dir``). With
     ``expected_fingerprint``, a data set with another fingerprint is refused.
     """
-    from ssr.data.formats import read_native
-    from ssr.data.processed import ProcessedSplit
 
     split = ProcessedSplit(processed_dir, "test")
     found = split.manifest.get("fingerprint")

@@ -51,6 +51,7 @@ from ssr.registry.packaging import (
 )
 from ssr.registry.promote import CHALLENGER
 from ssr.registry.pyfunc_model import MANIFEST, MODEL_INFO, WEIGHTS, EmgClassifier
+from ssr.tracking.context import git_commit
 from ssr.tracking.store import ensure_experiment, open_client
 
 __all__ = [  # packaging names stay importable from here
@@ -209,7 +210,6 @@ def register_model(
         )
 
     fingerprint = str(split.manifest.get("fingerprint", "unknown"))
-    from ssr.tracking.context import git_commit
 
     tags = {
         "test.accuracy": f"{metrics['accuracy']:.6g}",

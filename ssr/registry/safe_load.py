@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import yaml
 
 from ssr.errors import RegistryError
+from ssr.redact import redact
 
 # The pyfunc is logged as code (no pickled Python object): loading runs these lines.
 MODEL_CODE = """\
@@ -163,8 +164,6 @@ def _download(uri: str, dst: Path) -> Path:
 def _where() -> str:
     """`` (tracking URI ...)``: which registry a lookup asked, credentials redacted."""
     import mlflow
-
-    from ssr.redact import redact
 
     return f" (tracking URI {redact(mlflow.get_tracking_uri())})"
 

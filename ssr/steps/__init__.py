@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ssr.errors import SSRError
+from ssr.training.signals import sigterm_when_parent_dies
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,6 @@ def train_step(
     """``ssr train --resume auto`` in ``<checkpoint_root>/<run_id>`` (a retried step continues
     there; a checkpoint of another run or data set is refused), then export ``best_model.pth``."""
     from ssr.config import load_config
-    from ssr.training.signals import sigterm_when_parent_dies
 
     sigterm_when_parent_dies()  # a SIGTERM to KFP's `sh -ec` wrapper reaches the training too
     checkpoint_dir = checkpoint_dir_for(checkpoint_root, run_id)

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ssr.cluster.launcher import describe
+from ssr.cluster.trainjob import job_name
 from ssr.steps import (
     PROCESSED,
     StepError,
@@ -94,9 +96,6 @@ def distributed_train_step(
     try:
         run_cli([*launch, "--", *train_args])
     except StepError as exc:  # fail with the job's own message, not only an exit status
-        from ssr.cluster.launcher import describe
-        from ssr.cluster.trainjob import job_name
-
         detail = describe(job_name(run_id))
         raise StepError(f"{exc}; {detail}" if detail else str(exc)) from None
     return {**export_best(checkpoint_dir, model_path, storage, run_id), "num_nodes": int(num_nodes)}

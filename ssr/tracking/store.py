@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,6 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def _wait_on_locks(dbapi_conn: Any, _record: Any) -> None:
-    import sqlite3
-
     if isinstance(dbapi_conn, sqlite3.Connection):
         dbapi_conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 

@@ -22,6 +22,7 @@ from ssr.config import Config, StorageConfig, config_from_dict, flatten
 from ssr.data.fingerprint import FEATURE_FIELDS, feature_hash
 from ssr.errors import CheckpointError, ConfigError, StorageError
 from ssr.fsutil import atomic_path
+from ssr.model import build_model
 from ssr.storage import is_s3, join, load_latest, read_bytes, write_bytes
 from ssr.storage.s3 import ObjectNotFoundError
 
@@ -245,7 +246,6 @@ def restore_model(state: dict[str, Any], source: str) -> tuple[torch.nn.Module, 
     Returns ``(model, config, labels)``; raises CheckpointError naming ``source`` when the file is
     not an ssr training checkpoint or its weights do not fit its config.
     """
-    from ssr.model import build_model
 
     for key in ("model", "config", "labels"):
         if key not in state:
