@@ -82,7 +82,10 @@ class AttentionBlock(nn.Module):
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
         x = x + self.drop(self.attn_out(a.transpose(1, 2).reshape(n, s, h)))
-        return x + self.drop(self.ff_out(self.drop(F.gelu(self.ff_in(self.ff_norm(x))))))
+        out: torch.Tensor = x + self.drop(
+            self.ff_out(self.drop(F.gelu(self.ff_in(self.ff_norm(x)))))
+        )
+        return out
 
 
 class FactorisedBlock(nn.Module):
@@ -99,7 +102,8 @@ class FactorisedBlock(nn.Module):
         h = self.spatial(h.reshape(b * t, c, d)).view(b, t, c, d)
         ht = h.permute(0, 2, 1, 3).reshape(b * c, t, d)
         ht = self.temporal(ht, padding_mask.repeat_interleave(c, dim=0))
-        return ht.view(b, c, t, d).permute(0, 2, 1, 3)
+        out: torch.Tensor = ht.view(b, c, t, d).permute(0, 2, 1, 3)
+        return out
 
 
 def sinusoidal_encoding(max_frames: int, hidden_size: int) -> torch.Tensor:
@@ -194,7 +198,8 @@ class SpatiotemporalTransformer(nn.Module):
             h = block(h, padding_mask)
         h = self.final_norm(h)  # (B, T, C, H)
         pooled = torch.einsum("btk,btch->bkch", weights.to(h.dtype), h)  # per point, electrode
-        return self.classifier(pooled.flatten(1))
+        logits: torch.Tensor = self.classifier(pooled.flatten(1))
+        return logits
 
     def readout_weights(self, x: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, K) pooling weights of each frame for each readout point; rows sum to 1 over T.

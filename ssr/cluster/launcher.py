@@ -90,9 +90,10 @@ class TrainJobs:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.custom.get_namespaced_custom_object(
+            found: dict[str, Any] = self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, name
             )
+            return found
         except ApiException as exc:
             if exc.status == 404:
                 return None

@@ -168,7 +168,8 @@ class FeatureExtractor:
         power = (spectrum.real**2 + spectrum.imag**2)[..., 1:] * self._power_scale
         n, c, bins = power.shape
         bands = power.reshape(n, c, self.input_size, bins // self.input_size).mean(axis=-1)
-        return np.log(bands + np.float32(LOG_EPS)).astype(np.float32)
+        out: np.ndarray = np.log(bands + np.float32(LOG_EPS)).astype(np.float32)
+        return out
 
     def __call__(self, emg: np.ndarray, source: str = "<array>") -> np.ndarray:
         """Features of raw EMG (time, channels): float32 (frames, channels, input_size)."""

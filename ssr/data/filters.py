@@ -54,4 +54,5 @@ def apply_sos(sos: np.ndarray, emg: np.ndarray) -> np.ndarray:
     x = np.asarray(emg, dtype=np.float64)
     default_pad = 3 * (2 * len(sos) + 1 - min((sos[:, 2] == 0).sum(), (sos[:, 5] == 0).sum()))
     padlen = int(min(default_pad, x.shape[0] - 1))
-    return signal.sosfiltfilt(sos, x, axis=0, padlen=padlen)
+    out: np.ndarray = signal.sosfiltfilt(sos, x, axis=0, padlen=padlen)
+    return out

@@ -44,7 +44,7 @@ class Utterance:
 
     @property
     def seconds(self) -> float:
-        return self.emg.shape[0] / self.sampling_rate
+        return float(self.emg.shape[0] / self.sampling_rate)
 
 
 def write_native(

@@ -195,7 +195,7 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path}: no manifest; run `ssr preprocess` first")
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
+        manifest: dict[str, Any] = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: manifest is not valid JSON: {exc}") from None
     problem = _manifest_problem(manifest)
@@ -271,11 +271,13 @@ class ProcessedSplit(Dataset):
 
     @property
     def labels(self) -> np.ndarray:
-        return self.index[:, 2]
+        labels: np.ndarray = self.index[:, 2]
+        return labels
 
     @property
     def lengths(self) -> np.ndarray:
-        return self.index[:, 1]
+        lengths: np.ndarray = self.index[:, 1]
+        return lengths
 
     def __len__(self) -> int:
         return len(self.index)

@@ -203,7 +203,7 @@ def _reorder(
 ) -> list[int] | None:
     """``seq``'s gestures in another order no word has yet (reversed if possible), with no
     gesture twice in a row; None when there is none."""
-    candidates = [seq[::-1]] + [[seq[j] for j in rng.permutation(len(seq))] for _ in range(50)]
+    candidates = [seq[::-1]] + [[seq[int(j)] for j in rng.permutation(len(seq))] for _ in range(50)]
     for cand in candidates:
         if tuple(cand) not in seen and all(a != b for a, b in zip(cand, cand[1:], strict=False)):
             return cand
@@ -309,4 +309,5 @@ def utterance(
             emg[at:, chans] += (step * np.exp(-np.arange(n - at) / tau))[:, None]
 
     emg += rng.normal(0.0, session.noise, emg.shape)
-    return emg.astype(np.float32)
+    out: np.ndarray = emg.astype(np.float32)
+    return out

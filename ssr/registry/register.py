@@ -97,7 +97,8 @@ def connect(cfg: Config) -> MlflowClient:
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return open_client(uri)  # a local SQLite store is created/migrated under a lock
+    client: MlflowClient = open_client(uri)  # a local SQLite store is created/migrated under a lock
+    return client
 
 
 def read_evaluation(eval_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict]]:

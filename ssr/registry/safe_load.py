@@ -198,7 +198,7 @@ def artifact_location(model_uri: str) -> str:
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 
     try:
-        return ModelsArtifactRepository.get_underlying_uri(model_uri)
+        return str(ModelsArtifactRepository.get_underlying_uri(model_uri))
     except MlflowException as exc:
         raise RegistryError(f"{model_uri}: {exc.message}{_where()}") from None
     except Exception as exc:  # an unreachable server
