@@ -5,15 +5,17 @@ Every ``import`` counts, at module level or deferred inside a function: a cycle 
 because one side defers its import is still a cycle. The checker itself is tested on a graph
 with a cycle put in, so that a passing run means something.
 
-An import deferred into a function must earn its place by start-up time: it has to keep a heavy
-third-party package (:data:`HEAVY`) out of its module's import, or guard an optional one with
+An import deferred into a function must earn its place: it keeps a heavy third-party package
+(:data:`HEAVY`) out of its module's import, or a package the registered model's environment
+does not hold out of the modules that model loads, or it guards an optional one with
 ``except ImportError``.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,11 @@ CONTRACTS: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
     (("components",), ("pipelines",), "components never import the pipeline"),
 ]
 ALLOWED = {("ssr.fsutil", "ssr.errors")}
+
+# The module MLflow loads for a registered model, and its requirements' import names where
+# they differ from the distribution's name.
+MODEL_ENTRY = "ssr.registry.pyfunc_model"
+IMPORT_NAMES = {"mlflow-skinny": "mlflow", "pyyaml": "yaml"}
 
 # Third-party packages that take about 0.1 s or more to import (``python -X importtime``: torch,
 # mlflow and sklearn several seconds; safetensors for its ``safetensors.torch``).
@@ -227,27 +234,63 @@ def _split_imports(
     return loaded, deferred
 
 
-def deferred_imports_that_save_nothing(files: Mapping[str, Path]) -> list[str]:
-    """Deferred imports that keep no :data:`HEAVY` package out of their module's import."""
-    loaded, deferred = _split_imports(files)
+def third_party_closure(
+    files: Mapping[str, Path], loaded: Mapping[str, set[str]]
+) -> Callable[[str], frozenset[str]]:
+    """module -> the third-party top-level packages that importing it loads (parents' __init__
+    included, deferred imports not)."""
     memo: dict[str, frozenset[str]] = {}
 
-    def heavy(module: str, path: tuple[str, ...] = ()) -> frozenset[str]:
+    def closure(module: str, path: tuple[str, ...] = ()) -> frozenset[str]:
         if module not in files:
-            return frozenset({module} & HEAVY)
+            return frozenset({module})
         if module in memo or module in path:
             return memo.get(module, frozenset())
         parts = module.split(".")
         parents = [".".join(parts[:i]) for i in range(1, len(parts))]  # run their __init__
-        found = frozenset().union(*(heavy(m, (*path, module)) for m in [*parents, *loaded[module]]))
+        found = frozenset().union(
+            *(closure(m, (*path, module)) for m in [*parents, *loaded[module]])
+        )
         memo[module] = found
         return found
 
+    return closure
+
+
+def _project_closure(
+    module: str, files: Mapping[str, Path], loaded: Mapping[str, set[str]]
+) -> set[str]:
+    """The project modules that importing ``module`` loads (itself included)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in files:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))] + sorted(loaded[name])
+    return seen
+
+
+def deferred_imports_that_save_nothing(
+    files: Mapping[str, Path], model_entry: str = "", serving: frozenset[str] = frozenset()
+) -> list[str]:
+    """Deferred imports that keep no :data:`HEAVY` package out of their module's import and,
+    in the modules the shipped model loads (from ``model_entry``), no package outside
+    ``serving`` and the standard library either."""
+    loaded, deferred = _split_imports(files)
+    closure = third_party_closure(files, loaded)
+    in_model = _project_closure(model_entry, files, loaded) if model_entry else set()
     found = []
     for name in sorted(deferred):
         for line, targets in deferred[name]:
-            if not frozenset().union(*(heavy(t) for t in targets)) - heavy(name):
-                found.append(f"{name}:{line} imports {', '.join(targets)}")
+            gained = frozenset().union(*(closure(t) for t in targets)) - closure(name)
+            if gained & HEAVY:
+                continue
+            if name in in_model and gained - serving - sys.stdlib_module_names:
+                continue
+            found.append(f"{name}:{line} imports {', '.join(targets)}")
     return found
 
 
@@ -264,9 +307,28 @@ def test_imports_follow_the_layers(graph: dict[str, set[str]]) -> None:
     assert violations(graph) == []
 
 
+def serving_packages() -> frozenset[str]:
+    """The import names of the shipped model's requirements (``ssr register`` pins them)."""
+    from ssr.registry.register import serving_distributions
+
+    return frozenset(
+        IMPORT_NAMES.get(d.lower(), d.lower().replace("-", "_")) for d in serving_distributions()
+    )
+
+
 def test_deferred_imports_save_start_up_time() -> None:
     files = {k: v for k, v in module_files().items() if k.startswith("ssr")}
-    assert deferred_imports_that_save_nothing(files) == []
+    assert deferred_imports_that_save_nothing(files, MODEL_ENTRY, serving_packages()) == []
+
+
+def test_the_shipped_model_imports_only_its_requirements() -> None:
+    """The registered model's code (all of ``ssr``, as MLflow code) is loaded in an environment
+    holding only its pinned requirements (tests/test_model_env.py builds one, slowly): what its
+    entry module imports when loaded must be among them or in the standard library."""
+    files = {k: v for k, v in module_files().items() if k.startswith("ssr")}
+    loaded, _ = _split_imports(files)
+    outside = third_party_closure(files, loaded)(MODEL_ENTRY) - serving_packages()
+    assert sorted(outside - sys.stdlib_module_names - {"ssr"}) == []
 
 
 def test_the_checker_sees_a_cycle_put_in(graph: dict[str, set[str]]) -> None:
@@ -316,6 +378,11 @@ def test_the_checker_sees_a_deferred_import_that_saves_nothing(tmp_path: Path) -
         "def h():\n    from ssr import light\n"  # nothing heavy at all: saves nothing
         "def i():\n    try:\n        import fcntl\n    except ImportError:\n        pass\n"
     )
+    (package / "uses_tqdm.py").write_text("import tqdm\n")
+    (package / "model.py").write_text("import numpy\ndef f():\n    from ssr import uses_tqdm\n")
     files = {k: v for k, v in module_files(tmp_path).items() if k.startswith("ssr")}
     found = [line.split(" ", 1)[0] for line in deferred_imports_that_save_nothing(files)]
-    assert found == ["ssr.a:5", "ssr.a:7"]
+    assert found == ["ssr.a:5", "ssr.a:7", "ssr.model:3"]
+    # in the shipped model's modules, keeping a package its environment lacks out is a reason
+    found = deferred_imports_that_save_nothing(files, "ssr.model", frozenset({"numpy"}))
+    assert [line.split(" ", 1)[0] for line in found] == ["ssr.a:5", "ssr.a:7"]

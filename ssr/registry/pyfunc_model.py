@@ -32,8 +32,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PyFuncModel, PythonModel, PythonModelContext
 
-from ssr.data.formats import read_native
-from ssr.data.processed import ProcessedSplit
 from ssr.errors import DataError, RegistryError
 from ssr.registry.safe_load import load_checked
 
@@ -230,6 +228,9 @@ def correctness_on_test_split(
     otherwise the model featurises the raw recordings itself (from ``test_dir``). With
     ``expected_fingerprint``, a data set with another fingerprint is refused.
     """
+    # not at the top: they load tqdm, which the model's serving environment does not hold
+    from ssr.data.formats import read_native
+    from ssr.data.processed import ProcessedSplit
 
     split = ProcessedSplit(processed_dir, "test")
     found = split.manifest.get("fingerprint")
