@@ -54,9 +54,10 @@ CONTRACTS: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
 ]
 ALLOWED = {("ssr.fsutil", "ssr.errors")}
 
-# The module MLflow loads for a registered model, and its requirements' import names where
-# they differ from the distribution's name.
-MODEL_ENTRY = "ssr.registry.pyfunc_model"
+# What runs where only the registered model's requirements are installed (its own environment
+# and the serve image): the module MLflow loads for the model and the serve image's entry
+# point. Then the requirements' import names where they differ from the distribution's.
+MODEL_ENTRIES = ("ssr.registry.pyfunc_model", "ssr.serving")
 IMPORT_NAMES = {"mlflow-skinny": "mlflow", "pyyaml": "yaml"}
 
 # Third-party packages that take about 0.1 s or more to import (``python -X importtime``: torch,
@@ -274,14 +275,16 @@ def _project_closure(
 
 
 def deferred_imports_that_save_nothing(
-    files: Mapping[str, Path], model_entry: str = "", serving: frozenset[str] = frozenset()
+    files: Mapping[str, Path],
+    model_entries: Iterable[str] = (),
+    serving: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Deferred imports that keep no :data:`HEAVY` package out of their module's import and,
-    in the modules the shipped model loads (from ``model_entry``), no package outside
-    ``serving`` and the standard library either."""
+    in the modules loaded from ``model_entries`` (where only the model's requirements are
+    installed), no package outside ``serving`` and the standard library either."""
     loaded, deferred = _split_imports(files)
     closure = third_party_closure(files, loaded)
-    in_model = _project_closure(model_entry, files, loaded) if model_entry else set()
+    in_model = set().union(*(_project_closure(m, files, loaded) for m in model_entries))
     found = []
     for name in sorted(deferred):
         for line, targets in deferred[name]:
@@ -318,16 +321,18 @@ def serving_packages() -> frozenset[str]:
 
 def test_deferred_imports_save_start_up_time() -> None:
     files = {k: v for k, v in module_files().items() if k.startswith("ssr")}
-    assert deferred_imports_that_save_nothing(files, MODEL_ENTRY, serving_packages()) == []
+    assert deferred_imports_that_save_nothing(files, MODEL_ENTRIES, serving_packages()) == []
 
 
-def test_the_shipped_model_imports_only_its_requirements() -> None:
-    """The registered model's code (all of ``ssr``, as MLflow code) is loaded in an environment
-    holding only its pinned requirements (tests/test_model_env.py builds one, slowly): what its
-    entry module imports when loaded must be among them or in the standard library."""
+@pytest.mark.parametrize("entry", MODEL_ENTRIES)
+def test_the_shipped_model_imports_only_its_requirements(entry: str) -> None:
+    """The registered model's code (all of ``ssr``, as MLflow code) is loaded, and the serve
+    image runs, where only the model's pinned requirements are installed
+    (tests/test_model_env.py builds such an environment, slowly): what the entry module loads
+    must be among them or in the standard library."""
     files = {k: v for k, v in module_files().items() if k.startswith("ssr")}
     loaded, _ = _split_imports(files)
-    outside = third_party_closure(files, loaded)(MODEL_ENTRY) - serving_packages()
+    outside = third_party_closure(files, loaded)(entry) - serving_packages()
     assert sorted(outside - sys.stdlib_module_names - {"ssr"}) == []
 
 
@@ -384,5 +389,5 @@ def test_the_checker_sees_a_deferred_import_that_saves_nothing(tmp_path: Path) -
     found = [line.split(" ", 1)[0] for line in deferred_imports_that_save_nothing(files)]
     assert found == ["ssr.a:5", "ssr.a:7", "ssr.model:3"]
     # in the shipped model's modules, keeping a package its environment lacks out is a reason
-    found = deferred_imports_that_save_nothing(files, "ssr.model", frozenset({"numpy"}))
+    found = deferred_imports_that_save_nothing(files, ["ssr.model"], frozenset({"numpy"}))
     assert [line.split(" ", 1)[0] for line in found] == ["ssr.a:5", "ssr.a:7"]
