@@ -23,7 +23,7 @@ from ssr.errors import CheckpointError, ConfigError
 from ssr.training import distributed
 from ssr.training.checkpoint import load_checkpoint
 from ssr.training.distributed import DistInfo
-from ssr.training.runtime import rank_seed, restore_rank_rng
+from ssr.training.runtime import TrainingError, rank_seed, restore_rank_rng
 from ssr.training.trainer import Trainer
 
 WORLD = 2
@@ -249,3 +249,27 @@ def test_val_set_smaller_than_world_size_is_refused(
     trainer = Trainer(load_config(None, _args(data, tmp_path)))
     with pytest.raises(ConfigError, match=r"validation split has 16 utterance\(s\), fewer than"):
         trainer.fit()
+
+
+def test_a_peer_lost_in_backward_is_named(tmp_path: Path) -> None:
+    """DDP all-reduces gradients inside backward(): a transport error there reads like any
+    lost collective; an error of the model's own passes unchanged (a one-process group)."""
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        reset = RuntimeError(
+            "[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer"
+        )
+        lost = pytest.raises(TrainingError, match="gradient all-reduce: lost another rank")
+        with lost, distributed.gradient_sync_errors():
+            raise reset
+        own = RuntimeError("Trying to backward through the graph a second time")
+        with pytest.raises(RuntimeError) as caught, distributed.gradient_sync_errors():
+            raise own
+        assert caught.value is own
+    finally:
+        torch.distributed.destroy_process_group()
+    # not distributed: nothing to translate
+    with pytest.raises(RuntimeError) as caught, distributed.gradient_sync_errors():
+        raise reset
+    assert caught.value is reset

@@ -88,18 +88,44 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+def _lost_rank(what: str, exc: BaseException, slow: bool = False) -> TrainingError:
+    timeout = _timeouts[1 if slow else 0]
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return TrainingError(
+        f"{what}: lost another rank of the DDP job (it died, or did not answer within "
+        f"{timeout:g} s): {first[:300]}"
+    )
+
+
 @contextlib.contextmanager
 def collective_errors(what: str, slow: bool = False) -> Iterator[None]:
     """A failed collective (a rank died, or the timeout passed) as one clear TrainingError."""
     try:
         yield
     except RuntimeError as exc:  # DistBackendError, gloo's "connection closed by peer", ...
-        timeout = _timeouts[1 if slow else 0]
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrainingError(
-            f"{what}: lost another rank of the DDP job (it died, or did not answer within "
-            f"{timeout:g} s): {first[:300]}"
-        ) from exc
+        raise _lost_rank(what, exc, slow) from exc
+
+
+_TRANSPORT_WORDS = ("gloo", "nccl", "connection", "peer", "socket", "timed out", "timeout")
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """True for errors of the process group's transport (a lost peer, a collective timeout)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in _TRANSPORT_WORDS)
+
+
+@contextlib.contextmanager
+def gradient_sync_errors() -> Iterator[None]:
+    """Around ``backward()``: DDP all-reduces the gradients inside it, so a peer lost there is
+    the same clear error as in any collective. Other errors pass unchanged."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if dist.is_initialized() and is_transport_error(exc):
+            raise _lost_rank("gradient all-reduce", exc) from exc
+        raise
 
 
 def barrier() -> None:

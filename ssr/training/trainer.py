@@ -182,7 +182,8 @@ class Trainer(CheckpointState, Reporting):
                 )
             self.optimizer.zero_grad(set_to_none=True)
             # fp16: the scaler skips a step whose gradients overflowed (not divergence)
-            self.scaler.scale(loss).backward()
+            with distributed.gradient_sync_errors():  # DDP all-reduces inside backward
+                self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
             clip_gradients(self.model.parameters(), tc.grad_clip)
             self.scaler.step(self.optimizer)
