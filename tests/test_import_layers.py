@@ -110,6 +110,23 @@ def _imported(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) 
     return [f"{base}.{alias.name}" for alias in node.names]
 
 
+def _parents(module: str) -> list[str]:
+    """The packages whose ``__init__`` importing ``module`` runs first, outermost first."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _resolve(target: str, files: Mapping[str, Path]) -> str:
+    """A project module (the longest prefix that is one: ``from pkg import x`` is the submodule
+    pkg.x when it is one, else pkg, where x is defined or re-exported) or a third-party
+    package's root."""
+    if target.split(".")[0] not in PACKAGES:
+        return target.split(".")[0]
+    while target and target not in files:
+        target = target.rpartition(".")[0]
+    return target
+
+
 def import_graph(files: Mapping[str, Path]) -> dict[str, set[str]]:
     """Module -> the project modules it imports (anywhere in its body)."""
     graph: dict[str, set[str]] = {name: set() for name in files}
@@ -117,16 +134,12 @@ def import_graph(files: Mapping[str, Path]) -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
-            for target in _imported(node, name, path.name == "__init__.py"):
-                # `from pkg import x`: the submodule pkg.x when it is one, else pkg (where x is
-                # defined or re-exported); `import a.b`: a.b
-                while target and target not in files:
-                    target = target.rpartition(".")[0]
+            for imported in _imported(node, name, path.name == "__init__.py"):
+                target = _resolve(imported, files)
                 # importing a.b.c runs a/__init__.py and a/b/__init__.py first: edges to them too
-                parts = target.split(".")
-                for i in range(1, len(parts) + 1):
-                    if ".".join(parts[:i]) in files and ".".join(parts[:i]) != name:
-                        graph[name].add(".".join(parts[:i]))
+                for module in [*_parents(target), target]:
+                    if module in files and module != name:
+                        graph[name].add(module)
         # a submodule importing its own package's __init__ is how Python loads it, not a cycle
         graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
     return graph
@@ -191,15 +204,6 @@ def violations(graph: Mapping[str, Iterable[str]]) -> list[str]:
     return found
 
 
-def _resolve(target: str, files: Mapping[str, Path]) -> str:
-    """A project module (the longest prefix that is one) or a third-party package's root."""
-    if target.split(".")[0] not in PACKAGES:
-        return target.split(".")[0]
-    while target and target not in files:
-        target = target.rpartition(".")[0]
-    return target
-
-
 def _split_imports(
     files: Mapping[str, Path],
 ) -> tuple[dict[str, set[str]], dict[str, list[tuple[int, list[str]]]]]:
@@ -235,43 +239,25 @@ def _split_imports(
     return loaded, deferred
 
 
-def third_party_closure(
+def load_closure(
     files: Mapping[str, Path], loaded: Mapping[str, set[str]]
 ) -> Callable[[str], frozenset[str]]:
-    """module -> the third-party top-level packages that importing it loads (parents' __init__
-    included, deferred imports not)."""
+    """module -> what importing it loads: project modules (itself and its packages' __init__
+    included) and third-party top-level packages; deferred imports not."""
     memo: dict[str, frozenset[str]] = {}
 
     def closure(module: str, path: tuple[str, ...] = ()) -> frozenset[str]:
         if module not in files:
             return frozenset({module})
         if module in memo or module in path:
-            return memo.get(module, frozenset())
-        parts = module.split(".")
-        parents = [".".join(parts[:i]) for i in range(1, len(parts))]  # run their __init__
-        found = frozenset().union(
-            *(closure(m, (*path, module)) for m in [*parents, *loaded[module]])
+            return memo.get(module, frozenset({module}))
+        found = frozenset({module}).union(
+            *(closure(m, (*path, module)) for m in [*_parents(module), *loaded[module]])
         )
         memo[module] = found
         return found
 
     return closure
-
-
-def _project_closure(
-    module: str, files: Mapping[str, Path], loaded: Mapping[str, set[str]]
-) -> set[str]:
-    """The project modules that importing ``module`` loads (itself included)."""
-    seen: set[str] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in files:
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))] + sorted(loaded[name])
-    return seen
 
 
 def deferred_imports_that_save_nothing(
@@ -283,15 +269,15 @@ def deferred_imports_that_save_nothing(
     in the modules loaded from ``model_entries`` (where only the model's requirements are
     installed), no package outside ``serving`` and the standard library either."""
     loaded, deferred = _split_imports(files)
-    closure = third_party_closure(files, loaded)
-    in_model = set().union(*(_project_closure(m, files, loaded) for m in model_entries))
+    closure = load_closure(files, loaded)
+    in_model = frozenset().union(*(closure(m) for m in model_entries))
     found = []
     for name in sorted(deferred):
         for line, targets in deferred[name]:
             gained = frozenset().union(*(closure(t) for t in targets)) - closure(name)
             if gained & HEAVY:
                 continue
-            if name in in_model and gained - serving - sys.stdlib_module_names:
+            if name in in_model and gained - files.keys() - serving - sys.stdlib_module_names:
                 continue
             found.append(f"{name}:{line} imports {', '.join(targets)}")
     return found
@@ -332,8 +318,8 @@ def test_the_shipped_model_imports_only_its_requirements(entry: str) -> None:
     must be among them or in the standard library."""
     files = {k: v for k, v in module_files().items() if k.startswith("ssr")}
     loaded, _ = _split_imports(files)
-    outside = third_party_closure(files, loaded)(entry) - serving_packages()
-    assert sorted(outside - sys.stdlib_module_names - {"ssr"}) == []
+    outside = load_closure(files, loaded)(entry) - files.keys() - serving_packages()
+    assert sorted(outside - sys.stdlib_module_names) == []
 
 
 def test_the_checker_sees_a_cycle_put_in(graph: dict[str, set[str]]) -> None:
