@@ -128,7 +128,13 @@ class TrainingConfig(_Section):
     output_dir: str = "outputs"
     lr_factor: float = Field(0.5, gt=0, lt=1)
     lr_patience: int = Field(5, ge=0)
-    seed: int = 42
+    seed: int = Field(
+        42,
+        ge=0,
+        lt=2**63,
+        description="seeds python, numpy and torch; torch takes 64 bits and the loaders add "
+        "small offsets, numpy refuses negative seeds, so 0 <= seed < 2**63",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",

@@ -51,6 +51,20 @@ def test_zero_channels_named() -> None:
         load_config(None, ["model.num_channels=0"])
 
 
+@pytest.mark.parametrize(
+    ("seed", "problem"),
+    [
+        ("99999999999999999999999", "less than 9223372036854775808"),
+        (str(2**63), "less than 9223372036854775808"),
+        ("-1", "greater than or equal to 0"),
+    ],
+)
+def test_seed_out_of_range_named(seed: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=rf"training\.seed: .*{problem}"):
+        load_config(None, [f"training.seed={seed}"])
+    assert load_config(None, [f"training.seed={2**63 - 1}"]).training.seed == 2**63 - 1
+
+
 def test_input_size_must_divide_half_window() -> None:
     with pytest.raises(ConfigError, match=r"model\.input_size \(48\) must divide"):
         load_config(None, ["model.input_size=48"])
