@@ -95,3 +95,69 @@ def test_mlflow_artifact_bars_are_off_when_not_a_terminal(
     db = tmp_path / "none" / "mlflow.db"
     assert main(["promote", f"tracking.mlflow.tracking_uri=sqlite:///{db}"]) == 2
     assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if line.startswith(f"ssr {command}: error: ")]
+    return line
+
+
+def test_seed_beyond_64_bits_is_one_line(
+    processed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for seed in ("99999999999999999999999", "-1"):
+        args = tiny_overrides(processed, tmp_path, training__seed=seed)
+        assert main(["train", *args]) == 2
+        assert "training.seed: Input should be" in _one_line_error(capsys, "train")
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_text_file_as_checkpoint_is_one_line(
+    processed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello, these are my notes\n")
+    args = tiny_overrides(processed, tmp_path)
+    assert main(["evaluate", "--checkpoint", str(notes), *args]) == 2
+    line = _one_line_error(capsys, "evaluate")
+    assert line.endswith(f"{notes}: not an ssr checkpoint (not a file written by torch.save)")
+
+
+def test_checkpoint_with_one_label_is_one_line(
+    processed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ssr.config import load_config
+    from ssr.data.processed import read_manifest
+    from ssr.model import build_model
+    from ssr.training.checkpoint import feature_state, save_checkpoint
+
+    args = tiny_overrides(processed, tmp_path)
+    cfg = load_config(None, args)
+    state = {
+        "model": build_model(cfg.model, 2).state_dict(),
+        "config": cfg.model_dump(),
+        "labels": ["word0"],
+        **feature_state(read_manifest(processed)),
+    }
+    path = save_checkpoint(state, str(tmp_path), "one_label.pth")
+    assert main(["evaluate", "--checkpoint", path, *args]) == 2
+    line = _one_line_error(capsys, "evaluate")
+    assert f"{path}: 'labels' holds one label ('word0')" in line and "at least 2" in line
+
+
+def test_metrics_json_list_is_one_line_at_register(
+    processed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "metrics.json").write_text("[0.9, 0.8]")
+    (eval_dir / "predictions.json").write_text('{"predictions": []}')
+    db = tmp_path / "mlflow.db"
+    args = [*tiny_overrides(processed, tmp_path), f"tracking.mlflow.tracking_uri=sqlite:///{db}"]
+    ckpt = str(tmp_path / "best_model.pth")
+    assert main(["register", "--checkpoint", ckpt, "--eval-dir", str(eval_dir), *args]) == 2
+    line = _one_line_error(capsys, "register")
+    assert line.endswith(f"{eval_dir / 'metrics.json'}: must be a JSON object, got list")
+    assert not db.exists()  # refused before any server is touched

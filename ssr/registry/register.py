@@ -40,6 +40,7 @@ from ssr.config import Config
 from ssr.data.fingerprint import feature_hash
 from ssr.data.processed import ProcessedSplit
 from ssr.errors import DataError, RegistryError
+from ssr.evaluation import read_metrics
 from ssr.registry.packaging import (
     SERVING_REQUIREMENTS,
     example_input,
@@ -102,24 +103,31 @@ def connect(cfg: Config) -> MlflowClient:
 
 
 def read_evaluation(eval_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict]]:
-    """``metrics.json`` and the per-utterance predictions written by ``ssr evaluate``."""
+    """``metrics.json`` (checked by :func:`ssr.evaluation.read_metrics`) and the per-utterance
+    predictions written by ``ssr evaluate``; DataError naming the file when one is missing or
+    malformed, or the evaluation was not of the test split."""
     root = Path(eval_dir)
-    out = []
     for name in ("metrics.json", "predictions.json"):
-        path = root / name
-        if not path.is_file():
-            raise DataError(f"{path}: missing; run `ssr evaluate --split test` first")
-        try:
-            out.append(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON: {exc}") from None
-    metrics, predictions = out
-    for key in ("accuracy", "macro_f1", "loss"):
-        if not isinstance(metrics.get(key), (int, float)):
-            raise DataError(f"{root / 'metrics.json'}: no numeric {key!r}")
+        if not (root / name).is_file():
+            raise DataError(f"{root / name}: missing; run `ssr evaluate --split test` first")
+    metrics_path, predictions_path = root / "metrics.json", root / "predictions.json"
+    metrics = read_metrics(metrics_path)
     if metrics.get("split", "test") != "test":
-        raise DataError(f"{root / 'metrics.json'}: evaluated on {metrics['split']!r}, not test")
-    return metrics, list(predictions.get("predictions", []))
+        raise DataError(f"{metrics_path}: evaluated on {metrics['split']!r}, not test")
+    try:
+        predictions = json.loads(predictions_path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise DataError(f"{predictions_path}: cannot read: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{predictions_path}: not valid JSON: {exc}") from None
+    if not isinstance(predictions, dict):
+        raise DataError(
+            f"{predictions_path}: must be a JSON object, got {type(predictions).__name__}"
+        )
+    rows = predictions.get("predictions", [])
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise DataError(f"{predictions_path}: 'predictions' must be a list of objects")
+    return metrics, rows
 
 
 def _truncate(text: str, limit: int = TAG_VALUE_LIMIT) -> str:
@@ -184,6 +192,7 @@ def register_model(
     """
     from safetensors.torch import save_file
 
+    metrics, predictions = read_evaluation(eval_dir)  # before any server or checkpoint work
     client = client or connect(cfg)
     name = model_name or cfg.registry.model_name
     if pipeline_run_id:
@@ -198,7 +207,6 @@ def register_model(
             return earlier
     split = ProcessedSplit(cfg.data.processed_dir, "test")
     model, train_cfg, labels, run_ids = _checkpoint_parts(checkpoint, split)
-    metrics, predictions = read_evaluation(eval_dir)
     if split.label_names != labels:
         raise DataError(
             f"{cfg.data.processed_dir}: labels {split.label_names} differ from "

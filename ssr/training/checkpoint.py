@@ -88,7 +88,26 @@ def load_checkpoint_bytes(data: bytes, source: str) -> dict[str, Any]:
     return _torch_load(io.BytesIO(data), source)
 
 
+# How a ``torch.save`` file starts: a zip archive (the format since torch 1.6), or the legacy
+# format's pickled magic number (protocol 2, a 10-byte long).
+TORCH_SAVE_HEADS = (b"PK\x03\x04", b"\x80\x02\x8a\x0a")
+
+
+def _head(f: Path | io.BytesIO, path: str) -> bytes:
+    if isinstance(f, io.BytesIO):
+        return f.getvalue()[:4]
+    try:
+        with f.open("rb") as stream:
+            return stream.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror or exc}") from None
+
+
 def _torch_load(f: Path | io.BytesIO, path: str) -> dict[str, Any]:
+    head = _head(f, path)
+    if not head.startswith(TORCH_SAVE_HEADS):
+        what = "an empty file" if not head else "not a file written by torch.save"
+        raise CheckpointError(f"{path}: not an ssr checkpoint ({what})")
     try:
         state = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -97,7 +116,15 @@ def _torch_load(f: Path | io.BytesIO, path: str) -> dict[str, Any]:
             f"{path}: refused, the file needs unsafe unpickling (only weights and plain "
             f"containers are loaded): {first}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        IndexError,
+        KeyError,  # a damaged legacy-format file: a pickle memo lookup that fails
+    ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint: {first}") from None
     if not isinstance(state, dict):
@@ -167,7 +194,7 @@ def check_features(state: dict[str, Any], manifest: dict[str, Any], source: str,
 
 
 def checkpoint_labels(state: dict[str, Any], source: str) -> list[str]:
-    """The checkpoint's ``labels``: a non-empty list of distinct strings, else CheckpointError."""
+    """The checkpoint's ``labels``: a list of at least 2 distinct strings, else CheckpointError."""
     labels = state.get("labels")
     if (
         not isinstance(labels, list)
@@ -179,6 +206,11 @@ def checkpoint_labels(state: dict[str, Any], source: str) -> list[str]:
         )
     if len(set(labels)) != len(labels):
         raise CheckpointError(f"{source}: 'labels' holds duplicates")
+    if len(labels) < 2:
+        raise CheckpointError(
+            f"{source}: 'labels' holds one label ({labels[0]!r}); a classifier needs at least 2, "
+            "so this is not a usable ssr checkpoint"
+        )
     return list(labels)
 
 
