@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from ssr.baseline import score_baseline
 from ssr.data.processed import ProcessedSplit, collate
+from ssr.data.sessions import session_groups
 from ssr.errors import DataError
 from ssr.fsutil import write_json, write_text
 from ssr.metrics import (
@@ -33,6 +36,7 @@ from ssr.report import render_report
 from ssr.tracking.base import NullTracker, Tracker
 from ssr.training.checkpoint import check_features, load_checkpoint, restore_model
 from ssr.training.runtime import select_device
+from ssr.training.selection import early_best
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,56 @@ def predict(
     }
 
 
+def session_scores(
+    ids: Sequence[str],
+    true: np.ndarray,
+    pred: np.ndarray,
+    baseline_pred: np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``{session: {"num_samples", "accuracy"[, "baseline_accuracy"]}}``, sessions by name.
+
+    The session of an utterance is the folder of its source path (:mod:`ssr.data.sessions`).
+    """
+    true, pred = np.asarray(true), np.asarray(pred)
+    baseline_pred = None if baseline_pred is None else np.asarray(baseline_pred)
+    if not len(ids) == len(true) == len(pred):
+        raise ValueError(f"{len(ids)} ids, {len(true)} labels and {len(pred)} predictions")
+    if baseline_pred is not None and len(baseline_pred) != len(true):
+        raise ValueError(f"{len(baseline_pred)} baseline predictions for {len(true)} utterances")
+    out: dict[str, dict[str, Any]] = {}
+    for session, idx in session_groups(ids).items():
+        entry: dict[str, Any] = {
+            "num_samples": int(idx.size),
+            "accuracy": float(np.mean(true[idx] == pred[idx])),
+        }
+        if baseline_pred is not None:
+            entry["baseline_accuracy"] = float(np.mean(true[idx] == baseline_pred[idx]))
+        out[session] = entry
+    return out
+
+
+def selection_of(state: dict[str, Any]) -> dict[str, Any] | None:
+    """``{"best_epoch", "num_epochs", "early_best"}`` from a training checkpoint's state, or
+    None for a checkpoint without them (older ones, hand-made ones)."""
+    best = state.get("best_epoch")
+    config = state.get("config")
+    training = config.get("training") if isinstance(config, dict) else None
+    num = training.get("num_epochs") if isinstance(training, dict) else None
+    if not (_integer(best) and _integer(num)):
+        return None
+    return {"best_epoch": best, "num_epochs": num, "early_best": early_best(best, num)}
+
+
+def _integer(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _metric_part(name: str) -> str:
+    """``name`` as one segment of a tracked metric key (MLflow refuses most punctuation)."""
+    part = re.sub(r"[^A-Za-z0-9_\-.]+", "_", name)
+    return "_" if part in ("", ".", "..") else part
+
+
 @dataclass
 class EvalResult:
     """Scores of one checkpoint on one split, and where the outputs were written."""
@@ -89,9 +143,12 @@ class EvalResult:
     out_dir: str
     files: dict[str, str] = field(default_factory=dict)
     baseline: dict[str, Any] | None = None
+    per_session: dict[str, dict[str, Any]] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
 
     def scalars(self) -> dict[str, float]:
-        """``{split}/loss``, ``/accuracy``, ``/macro_f1`` and the baseline's, for trackers."""
+        """``{split}/loss``, ``/accuracy``, ``/macro_f1``, the baseline's, and per session
+        ``{split}/session/{name}/accuracy`` and ``/baseline_accuracy``, for trackers."""
         out = {
             f"{self.split}/loss": self.loss,
             f"{self.split}/accuracy": self.accuracy,
@@ -100,6 +157,11 @@ class EvalResult:
         if self.baseline is not None:
             out[f"{self.split}/baseline_accuracy"] = float(self.baseline["accuracy"])
             out[f"{self.split}/baseline_macro_f1"] = float(self.baseline["macro_f1"])
+        for name, scores in self.per_session.items():
+            key = f"{self.split}/session/{_metric_part(name)}"
+            out[f"{key}/accuracy"] = float(scores["accuracy"])
+            if "baseline_accuracy" in scores:
+                out[f"{key}/baseline_accuracy"] = float(scores["baseline_accuracy"])
         return out
 
     def metrics(self) -> dict[str, Any]:
@@ -115,6 +177,8 @@ class EvalResult:
             "confusion_matrix": self.confusion_matrix,
             "macro_f1_convention": MACRO_F1_CONVENTION,
             **({"baseline": self.baseline} if self.baseline is not None else {}),
+            "per_session": self.per_session,
+            **({"selection": self.selection} if self.selection is not None else {}),
         }
 
 
@@ -177,9 +241,14 @@ def evaluate(
         },
         confusion_matrix=cm.tolist(),
         out_dir=str(out_dir),
+        selection=selection_of(state),
     )
+    baseline_pred = None
     if baseline:
-        result.baseline = score_baseline(processed_dir, split).summary()
+        score = score_baseline(processed_dir, split)
+        result.baseline = score.summary()
+        baseline_pred = score.predictions
+    result.per_session = session_scores(data.ids, out["true"], out["pred"], baseline_pred)
     out_path = Path(out_dir)
     predictions = [
         {
@@ -231,7 +300,25 @@ def evaluate(
         if result.baseline
         else "",
     )
+    log.info("%s per session: %s", split, _session_line(result.per_session))
+    if result.selection and result.selection["early_best"]:
+        log.warning(
+            "%s: best epoch %d of %d lies in the first tenth of training: a sign the model "
+            "learns the training sessions",
+            checkpoint,
+            result.selection["best_epoch"],
+            result.selection["num_epochs"],
+        )
     return result
+
+
+def _session_line(per_session: dict[str, dict[str, Any]]) -> str:
+    """``session09 0.7500 (baseline 0.8750, 8 utt.), ...`` for the log."""
+    parts = []
+    for name, s in per_session.items():
+        base = f"baseline {s['baseline_accuracy']:.4f}, " if "baseline_accuracy" in s else ""
+        parts.append(f"{name} {s['accuracy']:.4f} ({base}{s['num_samples']} utt.)")
+    return ", ".join(parts) or "none"
 
 
 def _number(value: Any) -> bool:
@@ -241,7 +328,8 @@ def _number(value: Any) -> bool:
 def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read an ``ssr evaluate`` ``metrics.json``; DataError naming the file and field if it is
     not an object with numeric ``accuracy``, ``macro_f1`` and ``loss``, a ``labels`` list of
-    strings and a square integer ``confusion_matrix`` (and, if present, a numeric baseline)."""
+    strings and a square integer ``confusion_matrix`` (and, if present, a numeric baseline,
+    ``per_session`` scores and the checkpoint's ``selection``)."""
     path = Path(path)
     try:
         metrics = json.loads(path.read_bytes().decode("utf-8"))
@@ -269,13 +357,42 @@ def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     ):
         raise DataError(f"{path}: 'confusion_matrix' must be a square list of integer rows")
+    _check_optional(path, metrics)
+    return metrics
+
+
+def _check_optional(path: Path, metrics: dict[str, Any]) -> None:
+    """The optional parts of ``metrics.json``: ``baseline``, ``per_session``, ``selection``."""
     baseline = metrics.get("baseline")
     if baseline is not None and not (
         isinstance(baseline, dict)
         and all(_number(baseline.get(k)) for k in ("accuracy", "macro_f1"))
     ):
         raise DataError(f"{path}: 'baseline' must be an object with numeric accuracy and macro_f1")
-    return metrics
+    per_session = metrics.get("per_session")
+    if per_session is not None:
+        if not isinstance(per_session, dict):
+            raise DataError(f"{path}: 'per_session' must be an object of sessions")
+        for name, scores in per_session.items():
+            if not (
+                isinstance(scores, dict)
+                and all(_number(scores.get(k)) for k in ("num_samples", "accuracy"))
+                and all(_number(v) for v in scores.values())
+            ):
+                raise DataError(
+                    f"{path}: per_session[{name!r}] must be an object of numbers with "
+                    "num_samples and accuracy"
+                )
+    selection = metrics.get("selection")
+    if selection is not None and not (
+        isinstance(selection, dict)
+        and all(_number(selection.get(k)) for k in ("best_epoch", "num_epochs"))
+        and isinstance(selection.get("early_best"), bool)
+    ):
+        raise DataError(
+            f"{path}: 'selection' must be an object with numeric best_epoch and num_epochs "
+            "and a boolean early_best"
+        )
 
 
 def default_out_dir(output_dir: str, split: str) -> str:

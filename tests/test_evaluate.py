@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,14 @@ from helpers_data import make_processed
 from sklearn import metrics as skm
 from wandb_offline import offline_runs
 
+from ssr.baseline import score_baseline
 from ssr.cli import main
 from ssr.config import Config, ModelConfig
+from ssr.data.processed import ProcessedSplit
+from ssr.data.sessions import session_of
 from ssr.errors import CheckpointError, DataError
 from ssr.evaluation import (
+    EvalResult,
     accuracy,
     confusion_matrix,
     evaluate,
@@ -27,7 +32,9 @@ from ssr.evaluation import (
     read_metrics,
 )
 from ssr.model import build_model
+from ssr.report import render_report
 from ssr.storage import publish
+from ssr.tracking.base import NullTracker
 from ssr.training.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,6 +114,11 @@ def test_evaluate_writes_metrics_plot_and_predictions(
     assert all(0.0 < p["confidence"] <= 1.0 for p in preds)
     assert metrics["accuracy"] == pytest.approx(np.mean([p["correct"] for p in preds]))
     assert metrics["loss"] > 0 and (out / "confusion_matrix.png").stat().st_size > 1000
+    # one session (all test files lie in one folder); no selection from a hand-made checkpoint
+    (only,) = metrics["per_session"].values()
+    assert only["num_samples"] == 12 and only["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert only["baseline_accuracy"] == pytest.approx(baseline["accuracy"])
+    assert "selection" not in metrics and "first tenth" not in report
 
 
 def test_cli_evaluate(
@@ -147,6 +159,137 @@ def test_cli_evaluate_s3_data_logs_the_uri(
     assert (tmp_path / "cache" / bucket / "processed" / "manifest.json").is_file()
     (run,) = offline_runs(tmp_path)
     assert run.config["data.processed_dir"] == uri
+
+
+class Recorder(NullTracker):
+    """Keeps the scalars an evaluation tracks."""
+
+    def __init__(self) -> None:
+        self.scalars: dict[str, float] = {}
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.scalars.update(metrics)
+
+
+def _with_sessions(processed: Path, root: Path, sessions: list[str]) -> Path:
+    """A copy of ``processed`` whose test utterance ``i`` lies in folder ``sessions[i]``."""
+    shutil.copytree(processed, root)
+    ids = json.loads((root / "test_ids.json").read_text())
+    moved = [f"test/{s}/{Path(v).name}" for s, v in zip(sessions, ids, strict=True)]
+    (root / "test_ids.json").write_text(json.dumps(moved))
+    return root
+
+
+def _predicted(result: EvalResult) -> list[int]:
+    """The predicted label ids an evaluation wrote to predictions.json."""
+    preds = json.loads(Path(result.files["predictions"]).read_text())["predictions"]
+    return [p["pred"] for p in preds]
+
+
+def _by_session(ids: list[str], correct: np.ndarray) -> dict[str, float]:
+    names = np.array([session_of(i) for i in ids])
+    return {s: float(correct[names == s].mean()) for s in sorted(set(names))}
+
+
+def test_evaluate_reports_each_session(processed: Path, tmp_path: Path) -> None:
+    """Model and baseline accuracy per session in metrics.json, the trackers and report.html;
+    an early best epoch in the checkpoint is flagged."""
+    cfg = Config(
+        model=ModelConfig(input_size=8, hidden_size=16, num_layers=1, num_heads=2, max_frames=64)
+    )
+    cfg.training.num_epochs = 20
+    torch.manual_seed(0)
+    state = {
+        "model": build_model(cfg.model, len(LABELS)).state_dict(),
+        "config": cfg.model_dump(),
+        "labels": LABELS,
+        "epoch": 20,
+        "best_epoch": 2,  # of 20: within the first tenth
+    }
+    ck = save_checkpoint(state, str(tmp_path / "ck"), "best_model.pth")
+    # session01: the utterances only the model gets right; session02: the rest, where the
+    # model loses (the baseline alone is right on some of them)
+    first = evaluate(ck, "test", str(processed), str(tmp_path / "first"), device="cpu")
+    labels = np.asarray(ProcessedSplit(str(processed), "test").labels)
+    model_right = np.array(_predicted(first)) == labels
+    base_right = score_baseline(str(processed), "test").predictions == labels
+    assert (model_right & ~base_right).any() and (base_right & ~model_right).any()
+    names = ["session01" if only else "session02" for only in model_right & ~base_right]
+    two_sessions = _with_sessions(processed, tmp_path / "sessions", names)
+
+    out, tracker = tmp_path / "eval", Recorder()
+    result = evaluate(ck, "test", str(two_sessions), str(out), tracker=tracker, device="cpu")
+    metrics = read_metrics(out / "metrics.json")
+    per = metrics["per_session"]
+    assert list(per) == ["session01", "session02"] and per == result.per_session
+    sizes = [names.count("session01"), names.count("session02")]
+    assert [per[s]["num_samples"] for s in per] == sizes
+    assert (per["session01"]["accuracy"], per["session01"]["baseline_accuracy"]) == (1.0, 0.0)
+
+    # recomputed from the written predictions and from the baseline's own predictions
+    preds = json.loads((out / "predictions.json").read_text())["predictions"]
+    ids = [p["id"] for p in preds]
+    model_acc = _by_session(ids, np.array([p["correct"] for p in preds]))
+    split = ProcessedSplit(str(two_sessions), "test")
+    base_pred = score_baseline(str(two_sessions), "test").predictions
+    base_acc = _by_session(split.ids, base_pred == np.asarray(split.labels))
+    for name in per:
+        assert per[name]["accuracy"] == pytest.approx(model_acc[name])
+        assert per[name]["baseline_accuracy"] == pytest.approx(base_acc[name])
+    # the sessions' accuracies, weighted by size, are the split's
+    weights = np.array(sizes) / 12
+    assert weights @ [per[s]["accuracy"] for s in per] == pytest.approx(metrics["accuracy"])
+    assert weights @ [per[s]["baseline_accuracy"] for s in per] == pytest.approx(
+        metrics["baseline"]["accuracy"]
+    )
+
+    for name in per:  # tracked for MLflow and W&B alike
+        key = f"test/session/{name}"
+        assert tracker.scalars[f"{key}/accuracy"] == per[name]["accuracy"]
+        assert tracker.scalars[f"{key}/baseline_accuracy"] == per[name]["baseline_accuracy"]
+
+    assert metrics["selection"] == {"best_epoch": 2, "num_epochs": 20, "early_best": True}
+    report = (out / "report.html").read_text()
+    table = report.split("<h2>Per session</h2>")[1].split("<h2>")[0]
+    losing = [s for s in per if per[s]["accuracy"] < per[s]["baseline_accuracy"]]
+    assert losing == ["session02"] and table.count('<tr class="loses">') == 1
+    for name in per:
+        row = table.split(f"<td>{name}</td>")[1].split("</tr>")[0]
+        assert f"<td>{per[name]['accuracy']:.4f}</td>" in row
+        assert f"<td>{per[name]['baseline_accuracy']:.4f}</td>" in row
+        assert ("model loses" in row) is (name in losing)
+    assert "first tenth of training" in report and "(2 of 20)" in report
+
+
+def test_report_without_baseline_or_early_best() -> None:
+    metrics = {
+        "split": "test",
+        "accuracy": 0.5,
+        "macro_f1": 0.5,
+        "loss": 1.0,
+        "num_samples": 4,
+        "per_class": {},
+        "per_session": {"s1": {"num_samples": 4, "accuracy": 0.5}},
+        "selection": {"best_epoch": 9, "num_epochs": 20, "early_best": False},
+    }
+    report = render_report(metrics)
+    assert "<td>s1</td><td>4</td><td>0.5000</td><td>-</td><td>-</td>" in report
+    assert "loses" not in report.split("<h2>Per session</h2>")[1]
+    assert "first tenth" not in report
+
+
+def test_session_metric_keys_are_valid_mlflow_names() -> None:
+    result = EvalResult("test", 1.0, 0.5, 0.5, 2, ["a"], {}, [[2]], "out")
+    result.per_session = {
+        ".": {"num_samples": 1, "accuracy": 1.0},
+        "day 2 (left)": {"num_samples": 1, "accuracy": 0.0, "baseline_accuracy": 1.0},
+    }
+    keys = [k for k in result.scalars() if "/session/" in k]
+    assert keys == [
+        "test/session/_/accuracy",
+        "test/session/day_2_left_/accuracy",
+        "test/session/day_2_left_/baseline_accuracy",
+    ]
 
 
 def test_label_mismatch_is_refused(tmp_path: Path, checkpoint: str) -> None:
@@ -208,6 +351,9 @@ def test_broken_processed_data_exits_2(
     assert not (tmp_path / "out").exists()
 
 
+VALID = '{"accuracy": 1, "macro_f1": 1, "loss": 0, "labels": ["a"], "confusion_matrix": [[2]]}'
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
@@ -219,6 +365,16 @@ def test_broken_processed_data_exits_2(
             '"confusion_matrix": [[1, 2]]}',
             "'confusion_matrix' must be a square",
         ),
+        (VALID[:-1] + ', "per_session": [1]}', "'per_session' must be an object of sessions"),
+        (
+            VALID[:-1] + ', "per_session": {"s1": {"num_samples": 2, "accuracy": "x"}}}',
+            r"per_session\['s1'\] must be an object of numbers",
+        ),
+        (
+            VALID[:-1] + ', "per_session": {"s1": {"accuracy": 0.5}}}',
+            r"per_session\['s1'\] must be an object of numbers with num_samples",
+        ),
+        (VALID[:-1] + ', "selection": {"best_epoch": 1}}', "'selection' must be an object"),
     ],
 )
 def test_bad_metrics_json_is_named(tmp_path: Path, content: str, problem: str) -> None:
@@ -227,6 +383,15 @@ def test_bad_metrics_json_is_named(tmp_path: Path, content: str, problem: str) -
     with pytest.raises(DataError, match=problem) as info:
         read_metrics(path)
     assert str(path) in str(info.value)
+
+
+def test_metrics_json_without_per_session_is_valid(tmp_path: Path) -> None:
+    """metrics.json written before per-session scores existed still reads."""
+    path = tmp_path / "metrics.json"
+    path.write_text(VALID)
+    assert "per_session" not in read_metrics(path)
+    path.write_text(VALID[:-1] + ', "per_session": {"s1": {"num_samples": 2, "accuracy": 1}}}')
+    assert read_metrics(path)["per_session"] == {"s1": {"num_samples": 2, "accuracy": 1}}
 
 
 def test_other_features_are_refused(processed: Path, tmp_path: Path) -> None:
