@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import numpy as np
 import pytest
 
+from ssr.errors import DataError
 from ssr.registry.gate import decide, mcnemar_exact
 
 
@@ -95,3 +102,102 @@ def test_challenger_must_beat_the_linear_baseline() -> None:
     champion = np.array([False] * 10)
     assert not decide(challenger, champion, **GATE, baseline_accuracy=0.9).promote
     assert decide(challenger, champion, **GATE, baseline_accuracy=0.5).promote
+
+
+PER_SESSION = {
+    "session10": {"num_samples": 8, "accuracy": 0.5, "baseline_accuracy": 0.625},
+    "session09": {"num_samples": 8, "accuracy": 0.75, "baseline_accuracy": 0.875},
+    "session11": {"num_samples": 4, "accuracy": 1.0, "baseline_accuracy": 0.75},
+    "session12": {"num_samples": 4, "accuracy": 0.75},  # no baseline there: never named
+}
+
+
+def test_baseline_refusal_names_the_losing_sessions() -> None:
+    challenger = np.array([True] * 7 + [False] * 3)  # 0.7
+    worse = decide(challenger, None, **GATE, baseline_accuracy=0.8, per_session=PER_SESSION)
+    assert not worse.promote
+    assert worse.reason == (
+        "accuracy 0.7000 does not beat the linear baseline (0.8000) by margin 0.0000; "
+        "loses to it on sessions session09 (0.7500 vs 0.8750), session10 (0.5000 vs 0.6250)"
+    )
+    assert worse.losing_sessions == ("session09", "session10")
+    tags = worse.to_tags()
+    assert tags["gate.losing_sessions"] == "session09,session10"
+    assert tags["gate.reason"] == worse.reason
+    # without per-session scores (an older evaluation) the reason stays as it was
+    plain = decide(challenger, None, **GATE, baseline_accuracy=0.8)
+    assert plain.reason == (
+        "accuracy 0.7000 does not beat the linear baseline (0.8000) by margin 0.0000"
+    )
+    assert plain.losing_sessions == () and "gate.losing_sessions" not in plain.to_tags()
+    # per-session scores change no decision and explain only a refusal for the baseline
+    passed = decide(challenger, None, **GATE, baseline_accuracy=0.6, per_session=PER_SESSION)
+    assert passed.promote and "session" not in passed.reason
+    assert "gate.losing_sessions" not in passed.to_tags()
+    low = decide(
+        challenger,
+        None,
+        min_accuracy=0.9,
+        margin=0.0,
+        p_value=0.05,
+        baseline_accuracy=0.8,
+        per_session=PER_SESSION,
+    )
+    assert not low.promote and "below minimum" in low.reason and "session" not in low.reason
+
+
+def test_many_losing_sessions_are_capped_in_the_reason() -> None:
+    per = {
+        f"s{i:03d}": {"num_samples": 2, "accuracy": 0.0, "baseline_accuracy": 1.0}
+        for i in range(25)
+    }
+    decision = decide(
+        np.array([False, True]),
+        None,
+        min_accuracy=0.0,
+        margin=0.0,
+        p_value=0.05,
+        baseline_accuracy=1.0,
+        per_session=per,
+    )
+    assert "s019 (0.0000 vs 1.0000) and 5 more" in decision.reason
+    assert "s020" not in decision.reason and len(decision.losing_sessions) == 25
+
+
+class _Artifacts:
+    """The two MlflowClient calls ``evaluation_per_session`` makes, over a local folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def list_artifacts(self, run_id: str, path: str) -> list[SimpleNamespace]:
+        folder = self.root / run_id / path
+        files = sorted(folder.iterdir()) if folder.is_dir() else []
+        return [SimpleNamespace(path=f"{path}/{f.name}") for f in files]
+
+    def download_artifacts(self, run_id: str, path: str, dst_path: str) -> str:
+        return shutil.copy(self.root / run_id / path, dst_path)
+
+
+def test_per_session_comes_from_the_registered_evaluation(tmp_path: Path) -> None:
+    from ssr.registry.promote import evaluation_per_session
+
+    metrics = {
+        "accuracy": 0.7,
+        "macro_f1": 0.7,
+        "loss": 1.0,
+        "labels": ["a"],
+        "confusion_matrix": [[1]],
+    }
+    client: Any = _Artifacts(tmp_path)
+    version: Any = SimpleNamespace(name="ssr-emg", version="4", run_id="r1")
+    (tmp_path / "r1" / "evaluation").mkdir(parents=True)
+    assert evaluation_per_session(client, version) is None  # no metrics.json in the run
+    path = tmp_path / "r1" / "evaluation" / "metrics.json"
+    path.write_text(json.dumps(metrics))
+    assert evaluation_per_session(client, version) is None  # an evaluation from before
+    path.write_text(json.dumps({**metrics, "per_session": PER_SESSION}))
+    assert evaluation_per_session(client, version) == PER_SESSION
+    path.write_text(json.dumps({**metrics, "per_session": {"s1": {"accuracy": "high"}}}))
+    with pytest.raises(DataError, match=r"^runs:/r1/evaluation/metrics.json: per_session"):
+        evaluation_per_session(client, version)

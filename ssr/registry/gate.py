@@ -4,17 +4,22 @@ Both models are scored on the same test utterances, so the comparison is paired:
 exact test looks only at the utterances where exactly one model is right. Before any champion
 is consulted, the challenger must beat the strong linear baseline (:mod:`ssr.baseline`) on the
 same split by ``baseline_margin``: a network that a logistic regression on the envelope
-outperforms is not worth serving, whatever the champion is.
+outperforms is not worth serving, whatever the champion is. When the challenger's evaluation
+has per-session scores, such a refusal names the sessions where it loses to the baseline.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest
 
 _EPS = 1e-9  # accuracies are ratios of counts: a gain equal to the margin must pass
+MAX_NAMED_SESSIONS = 20  # a reason (a version tag) names at most this many losing sessions
+MAX_SESSIONS_TAG = 1000  # characters of the gate.losing_sessions tag
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class GateDecision:
     n01: int | None = None
     n10: int | None = None
     p_value: float | None = None
+    losing_sessions: tuple[str, ...] = ()  # below the baseline, when that refused it
 
     @property
     def gain(self) -> float | None:
@@ -95,12 +101,37 @@ class GateDecision:
         """The decision as string tags; absent numbers are left out."""
         tags = {f"{prefix}decision": "promote" if self.promote else "reject"}
         for key, value in asdict(self).items():
-            if key == "promote" or value is None:
+            if key == "promote" or value is None or key == "losing_sessions":
                 continue
             tags[f"{prefix}{key}"] = f"{value:.6g}" if isinstance(value, float) else str(value)
         if self.gain is not None:
             tags[f"{prefix}gain"] = f"{self.gain:.6g}"
+        if self.losing_sessions:
+            names = ",".join(self.losing_sessions)
+            if len(names) > MAX_SESSIONS_TAG:
+                names = names[: MAX_SESSIONS_TAG - 15] + "...[truncated]"
+            tags[f"{prefix}losing_sessions"] = names
         return tags
+
+
+def sessions_below_baseline(
+    per_session: Mapping[str, Mapping[str, Any]],
+) -> list[tuple[str, float, float]]:
+    """``(session, accuracy, baseline accuracy)`` of the sessions where the accuracy is below
+    the baseline's, by session name (``metrics.json``'s ``per_session``)."""
+    return [
+        (name, float(s["accuracy"]), float(s["baseline_accuracy"]))
+        for name, s in sorted(per_session.items())
+        if s.get("baseline_accuracy") is not None and s["accuracy"] < s["baseline_accuracy"]
+    ]
+
+
+def _losing_clause(losing: list[tuple[str, float, float]]) -> str:
+    named = [f"{n} ({a:.4f} vs {b:.4f})" for n, a, b in losing[:MAX_NAMED_SESSIONS]]
+    more = len(losing) - len(named)
+    return f"; loses to it on sessions {', '.join(named)}" + (
+        f" and {more} more" if more > 0 else ""
+    )
 
 
 def decide(
@@ -112,6 +143,7 @@ def decide(
     p_value: float,
     baseline_accuracy: float | None = None,
     baseline_margin: float = 0.0,
+    per_session: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> GateDecision:
     """Apply the gate: minimum accuracy, the baseline, then (with a champion) margin and
     McNemar significance.
@@ -125,7 +157,11 @@ def decide(
     if challenger.size == 0:
         raise ValueError("no test predictions for the challenger")
     acc = float(challenger.mean())
-    common: dict = {"min_accuracy": min_accuracy, "margin": margin, "p_threshold": p_value}
+    common: dict[str, Any] = {
+        "min_accuracy": min_accuracy,
+        "margin": margin,
+        "p_threshold": p_value,
+    }
     if baseline_accuracy is not None:
         common.update(baseline_accuracy=baseline_accuracy, baseline_margin=baseline_margin)
     if champion_correct is not None:  # the paired numbers are recorded whatever decides
@@ -146,6 +182,10 @@ def decide(
             f"accuracy {acc:.4f} does not beat the linear baseline ({baseline_accuracy:.4f}) "
             f"by margin {baseline_margin:.4f}"
         )
+        losing = sessions_below_baseline(per_session or {})
+        if losing:
+            reason += _losing_clause(losing)
+            common["losing_sessions"] = tuple(n for n, _, _ in losing)
         promote = False
     elif champion_correct is None:
         reason = "no champion yet; minimum accuracy reached"

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
@@ -25,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from ssr.baseline import score_baseline
 from ssr.config import Config
-from ssr.errors import RegistryError
+from ssr.errors import DataError, RegistryError
 from ssr.registry.gate import GateDecision, decide
 from ssr.registry.lock import PromotionLock, error_code
 
@@ -36,6 +38,7 @@ CHALLENGER = "challenger"
 PREVIOUS = "previous-champion"
 HISTORY_TAG = "champion_history"
 MAX_HISTORY = 100  # registered-model tag values are limited in size
+EVALUATION_METRICS = "evaluation/metrics.json"  # logged by ssr register beside the model
 
 
 @dataclass
@@ -155,14 +158,47 @@ def _record_decision(
         client.set_model_version_tag(name, champion, "gate.last_challenger", candidate)
 
 
+def evaluation_per_session(
+    client: MlflowClient, version: ModelVersion
+) -> dict[str, dict[str, Any]] | None:
+    """The ``per_session`` scores of ``version``'s test evaluation (``evaluation/metrics.json``
+    of the run that registered it), or None when the run has no such file or an older one
+    without them. A malformed file is a DataError naming it."""
+    from ssr.evaluation import read_metrics  # not at the top: it loads matplotlib
+
+    run_id = version.run_id
+    folder, _, _ = EVALUATION_METRICS.rpartition("/")
+    if not run_id or EVALUATION_METRICS not in {
+        a.path for a in client.list_artifacts(run_id, folder)
+    }:
+        log.info(
+            "%s version %s: no %s to name sessions from",
+            version.name,
+            version.version,
+            EVALUATION_METRICS,
+        )
+        return None
+    with tempfile.TemporaryDirectory(prefix="ssr-gate-") as tmp:
+        local = client.download_artifacts(run_id, EVALUATION_METRICS, tmp)
+        try:
+            metrics = read_metrics(local)
+        except DataError as exc:
+            where = f"runs:/{run_id}/{EVALUATION_METRICS}"
+            raise DataError(str(exc).replace(str(local), where)) from None
+    per_session: dict[str, dict[str, Any]] | None = metrics.get("per_session")
+    return per_session
+
+
 def gate_versions(
     cfg: Config, client: MlflowClient, name: str, candidate: str, champion: str | None
 ) -> GateDecision:
-    """Score candidate and champion on the same test split and apply the gate."""
+    """Score candidate and champion on the same test split and apply the gate; a refusal for
+    the baseline names the sessions where the candidate's evaluation lost to it."""
     from ssr.registry.pyfunc_model import correctness_on_test_split
 
     data = cfg.data
-    expected = _model_version(client, name, candidate).tags.get("data.fingerprint")
+    cand_version = _model_version(client, name, candidate)
+    expected = cand_version.tags.get("data.fingerprint")
     cand_correct = correctness_on_test_split(
         f"models:/{name}/{candidate}",
         data.processed_dir,
@@ -175,9 +211,10 @@ def gate_versions(
             f"models:/{name}/{champion}", data.processed_dir, data.test_dir
         )
     reg = cfg.registry
-    baseline = None
+    baseline = per_session = None
     if reg.baseline_margin is not None:
         baseline = score_baseline(str(data.processed_dir), "test").accuracy
+        per_session = evaluation_per_session(client, cand_version)
     return decide(
         np.asarray(cand_correct, bool),
         None if champ_correct is None else np.asarray(champ_correct, bool),
@@ -186,6 +223,7 @@ def gate_versions(
         p_value=reg.p_value,
         baseline_accuracy=baseline,
         baseline_margin=reg.baseline_margin or 0.0,
+        per_session=per_session,
     )
 
 
