@@ -54,6 +54,7 @@ from ssr.registry.promote import CHALLENGER
 from ssr.registry.pyfunc_model import MANIFEST, MODEL_INFO, WEIGHTS, EmgClassifier
 from ssr.tracking.context import git_commit
 from ssr.tracking.store import ensure_experiment, open_client
+from ssr.training.checkpoint import check_features, load_checkpoint, restore_model
 
 __all__ = [  # packaging names stay importable from here
     "SERVING_REQUIREMENTS",
@@ -139,8 +140,6 @@ def _checkpoint_parts(
 ) -> tuple[torch.nn.Module, Config, list[str], dict]:
     """Model, training config, labels and tracking ids of ``checkpoint``; refuses a checkpoint
     trained on other features than ``split``'s data set."""
-    from ssr.training.checkpoint import check_features, load_checkpoint, restore_model
-
     state = load_checkpoint(checkpoint)
     check_features(state, split.manifest, checkpoint, str(split.root))
     model, train_cfg, labels = restore_model(state, checkpoint)
