@@ -74,7 +74,7 @@ class ScriptedValLoss(Trainer):
 
     def validate(self) -> dict[str, Any]:
         out = super().validate()
-        out["loss"] = self.script[self.epoch - 1]
+        out["loss"] = out["session_mean_loss"] = self.script[self.epoch - 1]
         return out
 
 
@@ -248,7 +248,20 @@ def test_checkpoints_plots_tracking_and_learning(processed: Path, tmp_path: Path
     assert train_steps == list(range(2, 37, 2))  # every log_interval=2 global steps
     epoch_metrics = [(m, step) for m, step in tracker.of("metrics") if "val/loss" in m]
     assert [step for _, step in epoch_metrics] == [1, 2, 3, 4, 5, 6]
-    assert set(epoch_metrics[0][0]) == {"val/loss", "val/accuracy", "val/macro_f1", "lr", "epoch"}
+    assert set(epoch_metrics[0][0]) == {
+        "val/loss",
+        "val/accuracy",
+        "val/macro_f1",
+        "val/session_mean_loss",  # one session (the helper's files lie in val/): the loss
+        "val/worst_session_accuracy",
+        "val/session/val/accuracy",
+        "val/session/val/loss",
+        "lr",
+        "epoch",
+    }
+    first = epoch_metrics[0][0]
+    assert first["val/session_mean_loss"] == pytest.approx(first["val/loss"])
+    assert first["val/session/val/accuracy"] == first["val/accuracy"]
     assert tracker.of("confusion") == [
         ("val/confusion_matrix", 3, 24),
         ("val/confusion_matrix", 6, 24),

@@ -37,6 +37,7 @@ class Loaders:
     train_sampler: Any  # RandomSampler, or DistributedSampler under DDP
     train_loader: DataLoader
     val_loader: DataLoader
+    val_indices: list[int]  # the validation utterances of this rank's share, in loader order
 
 
 def load_splits(cfg: Config, world_size: int) -> Splits:
@@ -107,9 +108,12 @@ def make_loaders(
         train_set, sampler=train_sampler, generator=loader_generator, **common
     )
     # Validation is sharded without padding and gathered, so metrics count each once.
-    val_part = Subset(val_set, range(dist.rank, len(val_set), dist.world_size))
+    val_indices = list(range(dist.rank, len(val_set), dist.world_size))
+    val_part = Subset(val_set, val_indices)
     # Its own generator: worker seeds drawn from the global RNG would shift dropout after
     # a resume (the first validation of a resumed run comes at another epoch).
     val_generator = torch.Generator().manual_seed(tc.seed + 2)
     val_loader = DataLoader(val_part, shuffle=False, generator=val_generator, **common)
-    return Loaders(sampler_generator, loader_generator, train_sampler, train_loader, val_loader)
+    return Loaders(
+        sampler_generator, loader_generator, train_sampler, train_loader, val_loader, val_indices
+    )

@@ -1,10 +1,12 @@
 """What rank 0 of a :class:`~ssr.training.trainer.Trainer` reports besides checkpoints: the
 run's parameters and tags, each epoch's metrics and validation plots (staged locally and
-uploaded when ``training.output_dir`` is s3), the best checkpoint as an artefact; a mixin."""
+uploaded when ``training.output_dir`` is s3), the best checkpoint as an artefact and, at the
+end, the model-selection tags and ``training_summary.json``; a mixin."""
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from torch import nn
 
 from ssr.config import Config
 from ssr.data.processed import ProcessedSplit
+from ssr.data.sessions import session_groups
+from ssr.fsutil import write_json
 from ssr.model import parameter_count
 from ssr.storage import CheckpointPublisher, download_to, is_s3, upload_dir
 from ssr.tracking.base import Tracker
@@ -21,9 +25,12 @@ from ssr.tracking.context import describe_device
 from ssr.training.checkpoint import BEST
 from ssr.training.distributed import DistInfo
 from ssr.training.runtime import precision_name
+from ssr.training.validation import SessionScore, worst_session
 from ssr.training.validation_plots import plot_validation
 
 log = logging.getLogger(__name__)
+
+SUMMARY = "training_summary.json"  # written into training.output_dir at the end of fit
 
 
 class Reporting:
@@ -52,12 +59,16 @@ class Reporting:
             self._staging = Path(tempfile.mkdtemp(prefix="ssr-outputs-"))
         return self._staging
 
-    def _visualise(self, val: dict[str, Any]) -> None:
-        outdir = self._output_dir()
-        world = self.dist.world_size
-        plot_validation(val, self.labels, self.val_set, world, outdir, self.epoch, self.tracker)
+    def _publish_outputs(self) -> None:
+        """Upload the staged outputs when ``training.output_dir`` is s3."""
         if self._staging is not None:
             upload_dir(self._staging, self.cfg.training.output_dir, self.cfg.storage)
+
+    def _visualise(self, val: dict[str, Any]) -> None:
+        outdir = self._output_dir()
+        # validate() returns the utterances in dataset order: one shard, in order
+        plot_validation(val, self.labels, self.val_set, 1, outdir, self.epoch, self.tracker)
+        self._publish_outputs()
 
     def _start_run(self) -> None:
         """Rank 0: take over the checkpoint directory, log params and tags."""
@@ -87,13 +98,22 @@ class Reporting:
 
     def _report_epoch(self, val: dict[str, Any], row: dict[str, float], improved: bool) -> None:
         """Rank 0: log the epoch's metrics, plot every ``training.viz_interval`` epochs."""
+        sessions: list[SessionScore] = val.get("sessions") or []
+        several = ""
+        if len(sessions) > 1:
+            worst = worst_session(sessions)
+            several = (
+                f", session-mean val loss {val['session_mean_loss']:.4f}, worst of "
+                f"{len(sessions)} sessions {worst.name} acc {worst.accuracy:.3f}"
+            )
         log.info(
-            "epoch %d: train loss %.4f, val loss %.4f, val acc %.3f, macro-F1 %.3f, lr %.3g%s",
+            "epoch %d: train loss %.4f, val loss %.4f, val acc %.3f, macro-F1 %.3f%s, lr %.3g%s",
             self.epoch,
             row["train_loss"],
             val["loss"],
             val["accuracy"],
             val["macro_f1"],
+            several,
             row["lr"],
             " (best)" if improved else "",
         )
@@ -116,3 +136,28 @@ class Reporting:
             tmp = Path(tempfile.mkdtemp(prefix="ssr-best-")) / BEST
             best_local = str(download_to(best_local, tmp, self.cfg.storage))
         self.tracker.log_artifact(best_local, artifact_path="checkpoints")
+
+    def _report_selection(self, summary: dict[str, Any]) -> None:
+        """Rank 0, at the end of fit: tag the run with the best epoch and whether it is an early
+        best, and write ``training_summary.json`` (``summary`` plus the validation sessions)
+        into ``training.output_dir``."""
+        summary = {**summary, "val_sessions": list(session_groups(self.val_set.ids))}
+        loss = summary.get("best_val_loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            summary["best_val_loss"] = None  # no epoch validated yet; JSON has no Infinity
+        self.tracker.set_tags(
+            {
+                "selection.best_epoch": str(summary["best_epoch"]),
+                "selection.early_best": str(bool(summary["early_best"])).lower(),
+            }
+        )
+        write_json(self._output_dir() / SUMMARY, summary)
+        self._publish_outputs()
+        log.info(
+            "%s/%s: best epoch %d of %d%s",
+            self.cfg.training.output_dir.rstrip("/"),
+            SUMMARY,
+            summary["best_epoch"],
+            summary["num_epochs"],
+            " (early best)" if summary["early_best"] else "",
+        )

@@ -46,7 +46,9 @@ from ssr.training.runtime import (
     select_device,
     stop_workers,
 )
+from ssr.training.selection import early_best
 from ssr.training.state import CheckpointState
+from ssr.training.validation import in_dataset_order, session_metrics, session_scores
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     stop_requested: bool = False
     preempted: bool = False  # stopped by request_stop(now=True), e.g. SIGTERM
+    # the best epoch lies in the first tenth of training.num_epochs (ssr.training.selection)
+    early_best: bool = False
 
 
 def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> float:
@@ -119,7 +123,7 @@ class Trainer(CheckpointState, Reporting):
         lo = make_loaders(self.cfg, self.train_set, self.val_set, self.device, self.dist)
         self.sampler_generator, self.loader_generator = lo.sampler_generator, lo.loader_generator
         self.train_sampler, self.train_loader = lo.train_sampler, lo.train_loader
-        self.val_loader = lo.val_loader
+        self.val_loader, self.val_indices = lo.val_loader, lo.val_indices
 
     def _build(self) -> None:
         tc = self.cfg.training
@@ -208,21 +212,27 @@ class Trainer(CheckpointState, Reporting):
         return total / max(count, 1)
 
     def validate(self) -> dict[str, Any]:
-        """Loss, accuracy and macro-F1 on the whole validation set (gathered over ranks).
+        """Loss, accuracy and macro-F1 on the whole validation set (gathered over ranks), per
+        recording session too, and the selection metric ``session_mean_loss``.
 
         The loss is plain cross-entropy, as ``ssr evaluate`` reports it: label smoothing is a
-        training regulariser, and a smoothed loss has a floor that depends on the smoothing, so
-        model selection, the LR schedule and early stopping all use the plain one.
+        training regulariser, and a smoothed loss has a floor that depends on the smoothing.
+        Model selection, the LR schedule and early stopping use ``session_mean_loss``, the mean
+        over sessions of each session's mean loss (the plain loss when there is one session),
+        so that no single session decides. Per-utterance arrays are in dataset order.
         """
         with distributed.shared_failure(f"validating epoch {self.epoch}"):
             out = predict(self.model, self.val_loader, self.device, self.amp_dtype)
-        parts = distributed.gather_objects(out)
-        merged = {k: np.concatenate([p[k] for p in parts]) for k in out}
+            out["index"] = np.asarray(self.val_indices, dtype=np.int64)
+        merged = in_dataset_order(distributed.gather_objects(out), len(self.val_set))
         cm = confusion_matrix(merged["true"], merged["pred"], len(self.labels))
+        sessions = session_scores(self.val_set.ids, merged["loss"], merged["true"], merged["pred"])
         return {
             "loss": float(merged["loss"].mean()),
             "accuracy": accuracy(cm),
             "macro_f1": macro_f1(cm),
+            **session_metrics(sessions),
+            "sessions": sessions,
             "y_true": merged["true"],
             "y_pred": merged["pred"],
             "confidence": merged["confidence"],
@@ -277,14 +287,16 @@ class Trainer(CheckpointState, Reporting):
                         self._save(improved=False)
                 break
             val = self.validate()
-            self.scheduler.step(val["loss"])
-            improved = self.early_stopping.step(val["loss"], self.epoch)
+            self.scheduler.step(val["session_mean_loss"])
+            improved = self.early_stopping.step(val["session_mean_loss"], self.epoch)
             lr = self.optimizer.param_groups[0]["lr"]
             row = {
                 "epoch": self.epoch,
                 "train_loss": train_loss,
                 "val_loss": val["loss"],
+                "val_session_mean_loss": val["session_mean_loss"],
                 "val_accuracy": val["accuracy"],
+                "val_worst_session_accuracy": val["worst_session_accuracy"],
                 "val_macro_f1": val["macro_f1"],
                 "lr": lr,
             }
@@ -297,14 +309,13 @@ class Trainer(CheckpointState, Reporting):
             self._stop = distributed.any_true(self._stop, self.device)
         if stopped_early and main:
             log.info(
-                "early stopping: no val-loss improvement for %d epochs (best %.4f at epoch %d)",
+                "early stopping: no improvement of the session-mean val loss for %d epochs "
+                "(best %.4f at epoch %d)",
                 tc.patience,
                 self.early_stopping.best,
                 self.early_stopping.best_epoch,
             )
-        if main:
-            self._log_best()
-        return TrainResult(
+        result = TrainResult(
             best_val_loss=self.early_stopping.best,
             best_epoch=self.early_stopping.best_epoch,
             epochs_run=self.epoch,
@@ -313,4 +324,20 @@ class Trainer(CheckpointState, Reporting):
             history=list(self.history),
             stop_requested=self._stop,
             preempted=self._stop_now,
+            early_best=early_best(self.early_stopping.best_epoch, tc.num_epochs),
         )
+        if main:
+            self._log_best()
+            self._report_selection(
+                {
+                    "best_epoch": result.best_epoch,
+                    "best_val_loss": result.best_val_loss,
+                    "selection_metric": "val/session_mean_loss",
+                    "epochs_run": result.epochs_run,
+                    "num_epochs": tc.num_epochs,
+                    "stopped_early": result.stopped_early,
+                    "stop_requested": result.stop_requested,
+                    "early_best": result.early_best,
+                }
+            )
+        return result
