@@ -42,13 +42,22 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     log.info(
-        "done after %d epochs%s: best val loss %.4f at epoch %d; best checkpoint %s",
+        "done after %d epochs%s: best session-mean val loss %.4f at epoch %d; best checkpoint %s",
         result.epochs_run,
         " (early stop)" if result.stopped_early else "",
         result.best_val_loss,
         result.best_epoch,
         result.best_checkpoint,
     )
+    if result.early_best and not result.stop_requested:  # a stopped run is not finished
+        log.warning(
+            "early best: the best epoch (%d of training.num_epochs=%d) lies in the first tenth "
+            "of training; later epochs only did worse on the validation sessions, a sign that "
+            "the model learns the training sessions rather than the task (check the data, "
+            "lower training.learning_rate or add augmentation)",
+            result.best_epoch,
+            cfg.training.num_epochs,
+        )
     if result.preempted:
         log.warning("stopped by SIGTERM; resume with --resume auto")
         return 128 + signal.SIGTERM  # 143, the conventional exit status after SIGTERM

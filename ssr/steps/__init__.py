@@ -165,15 +165,27 @@ def training_overrides(checkpoint_dir: str, run_id: str, epochs: int) -> list[st
 
 
 def export_best(checkpoint_dir: str, model_path: str, storage: Any, run_id: str) -> dict[str, Any]:
-    """Copy ``<checkpoint_dir>/best_model.pth`` to ``model_path``; what the step reports."""
+    """Copy ``<checkpoint_dir>/best_model.pth`` to ``model_path``; what the step reports,
+    including ``early_best`` (the best epoch lies in the first tenth of the epoch budget)."""
+    from ssr.evaluation import selection_of
     from ssr.storage import download_to, join
     from ssr.training.checkpoint import BEST, load_checkpoint
 
     download_to(join(checkpoint_dir, BEST), model_path, storage)
     state = load_checkpoint(model_path)
+    selection = selection_of(state) or {}
+    early = bool(selection.get("early_best", False))
+    if early:
+        log.warning(
+            "early best: the exported checkpoint is from epoch %s of %s, in the first tenth of "
+            "training; the model may have learned the training sessions rather than the task",
+            selection["best_epoch"],
+            selection["num_epochs"],
+        )
     return {
         "best_val_loss": float(state.get("best_val_loss", float("nan"))),
         "epoch": int(state.get("epoch", 0)),
+        "early_best": early,
         "checkpoint_dir": checkpoint_dir,
         "run_id": run_id.strip(),
     }
