@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from ssr.baseline import score_baseline
 from ssr.data.processed import ProcessedSplit, collate
-from ssr.data.sessions import session_groups
+from ssr.data.sessions import metric_keys, session_groups
 from ssr.errors import DataError
 from ssr.fsutil import write_json, write_text
 from ssr.metrics import (
@@ -122,12 +121,6 @@ def _integer(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _metric_part(name: str) -> str:
-    """``name`` as one segment of a tracked metric key (MLflow refuses most punctuation)."""
-    part = re.sub(r"[^A-Za-z0-9_\-.]+", "_", name)
-    return "_" if part in ("", ".", "..") else part
-
-
 @dataclass
 class EvalResult:
     """Scores of one checkpoint on one split, and where the outputs were written."""
@@ -157,8 +150,9 @@ class EvalResult:
         if self.baseline is not None:
             out[f"{self.split}/baseline_accuracy"] = float(self.baseline["accuracy"])
             out[f"{self.split}/baseline_macro_f1"] = float(self.baseline["macro_f1"])
+        keys = metric_keys(list(self.per_session))
         for name, scores in self.per_session.items():
-            key = f"{self.split}/session/{_metric_part(name)}"
+            key = f"{self.split}/session/{keys[name]}"
             out[f"{key}/accuracy"] = float(scores["accuracy"])
             if "baseline_accuracy" in scores:
                 out[f"{key}/baseline_accuracy"] = float(scores["baseline_accuracy"])

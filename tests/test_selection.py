@@ -18,11 +18,12 @@ from mlflow.utils.validation import _validate_metric_name
 from ssr.cli import main
 from ssr.config import load_config
 from ssr.data.processed import SplitArrays, write_processed
+from ssr.data.sessions import metric_keys
 from ssr.evaluation import predict
 from ssr.tracking.base import NullTracker
 from ssr.training.checkpoint import load_checkpoint, save_checkpoint
 from ssr.training.trainer import Trainer
-from ssr.training.validation import in_dataset_order, metric_keys
+from ssr.training.validation import in_dataset_order
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

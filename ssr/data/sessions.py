@@ -8,10 +8,16 @@ that folder.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import PurePath
 
 import numpy as np
+
+# MLflow accepts alphanumerics, "_", "-", ".", " ", "/" and ":" (not on Windows) in metric
+# names; "/" would add a level and "." or ".." alone is a path step it refuses. W&B takes these.
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+_MAX_KEY = 100  # MLflow's limit is 250 characters for the whole name
 
 
 def session_of(utterance_id: str) -> str:
@@ -23,3 +29,20 @@ def session_groups(ids: Sequence[str]) -> dict[str, np.ndarray]:
     """``{session: indices of its utterances}``, sessions sorted by name."""
     names = [session_of(i) for i in ids]
     return {s: np.flatnonzero(np.array([n == s for n in names])) for s in sorted(set(names))}
+
+
+def metric_keys(names: Sequence[str]) -> dict[str, str]:
+    """``{session: key}``: each name made safe as one segment of a metric name (MLflow, W&B;
+    a run of other characters becomes one ``_``), and distinct."""
+    keys: dict[str, str] = {}
+    used: set[str] = set()
+    for name in names:
+        key = _UNSAFE.sub("_", name)[:_MAX_KEY] or "_"
+        if set(key) == {"."}:  # "." and ".." are path steps
+            key = key.replace(".", "_")
+        base, n = key, 2
+        while key in used:
+            key, n = f"{base}_{n}", n + 1
+        used.add(key)
+        keys[name] = key
+    return keys

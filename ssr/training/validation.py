@@ -9,20 +9,14 @@ plain validation loss). Results gathered from DDP ranks are put back into datase
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ssr.data.sessions import session_groups
+from ssr.data.sessions import metric_keys, session_groups
 from ssr.training.runtime import TrainingError
-
-# MLflow accepts alphanumerics, "_", "-", ".", " ", "/" and ":" (not on Windows) in metric
-# names; "/" would add a level and "." or ".." alone is a path step it refuses. W&B takes these.
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
-_MAX_KEY = 100  # MLflow's limit is 250 characters for the whole name
 
 
 @dataclass(frozen=True)
@@ -76,22 +70,6 @@ def session_mean_loss(scores: Sequence[SessionScore]) -> float:
 def worst_session(scores: Sequence[SessionScore]) -> SessionScore:
     """The session with the lowest accuracy (the first by name on a tie)."""
     return min(scores, key=lambda s: s.accuracy)
-
-
-def metric_keys(names: Sequence[str]) -> dict[str, str]:
-    """``{session: key}``: each name made safe for a metric name (MLflow, W&B), distinct."""
-    keys: dict[str, str] = {}
-    used: set[str] = set()
-    for name in names:
-        key = _UNSAFE.sub("_", name)[:_MAX_KEY] or "_"
-        if set(key) == {"."}:  # "." and ".." are path steps
-            key = key.replace(".", "_")
-        base, n = key, 2
-        while key in used:
-            key, n = f"{base}_{n}", n + 1
-        used.add(key)
-        keys[name] = key
-    return keys
 
 
 def session_metrics(scores: Sequence[SessionScore]) -> dict[str, float]:
