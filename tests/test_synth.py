@@ -150,9 +150,58 @@ def test_part_of_the_vocabulary_is_reordered_gestures(tmp_path: Path) -> None:
 def test_test_sessions_option_splits_held_out_sessions() -> None:
     from ssr.data.synth import _split_sessions
 
-    default = _split_sessions(SynthOptions())
-    assert default == {"train": [0, 1, 2, 3, 4], "val": [5], "test": [6, 7]}
+    default = _split_sessions(SynthOptions())  # 2 validation sessions where the data allows
+    assert default == {"train": [0, 1, 2, 3, 4], "val": [5, 6], "test": [7, 8]}
+    assert _split_sessions(SynthOptions(sessions=4, train_sessions=2))["val"] == [2]
+    assert _split_sessions(SynthOptions(sessions=8, train_sessions=3, val_sessions=3)) == {
+        "train": [0, 1, 2], "val": [3, 4, 5], "test": [6, 7]
+    }  # fmt: skip
     four = _split_sessions(SynthOptions(sessions=12, train_sessions=6, test_sessions=4))
     assert four == {"train": list(range(6)), "val": [6, 7], "test": [8, 9, 10, 11]}
     with pytest.raises(ConfigError, match="validation"):
         SynthOptions(sessions=6, train_sessions=3, test_sessions=3).validate()
+
+
+def test_profiles_change_how_sessions_differ() -> None:
+    from ssr.data.synth_model import make_session, make_world, utterance
+
+    def sessions(profile: str) -> list:  # -> list[Session]
+        opts = SynthOptions(seed=4, profile=profile, sessions=12, train_sessions=6)
+        world = make_world(opts)
+        return [make_session(opts, world, s) for s in range(opts.sessions)]
+
+    default, displaced, speaker = sessions("default"), sessions("displaced"), sessions("speaker")
+    assert all(abs(s.shift) <= 0.75 and s.rate == 1.0 and s.overlap == 0.7 for s in default)
+    assert any(abs(s.shift) > 0.75 for s in displaced)  # a whole electrode off
+    assert np.std([np.log(s.gains) for s in displaced]) > 1.5 * np.std(
+        [np.log(s.gains) for s in default]
+    )
+    assert min(s.crosstalk for s in displaced) >= 0.15 > max(s.crosstalk for s in speaker)
+    assert len({round(s.rate, 6) for s in speaker}) == len(speaker)  # a speaking rate each
+    assert all(0.5 <= s.overlap <= 0.9 for s in speaker)
+    assert all(s.muscle_sos is not None for s in speaker)  # spectral peaks moved per session
+    # the same seed draws the same words and default sessions, whatever the profile adds
+    opts = SynthOptions(seed=4, sessions=12, train_sessions=6)
+    assert (
+        make_world(opts).words
+        == make_world(SynthOptions(**{**opts.__dict__, "profile": "displaced"})).words
+    )
+    emg = utterance(opts, make_world(opts), default[0], 0, 0, "yes")
+    assert emg.dtype == np.float32 and np.isfinite(emg).all()
+
+
+def test_profile_is_recorded_and_an_unknown_one_refused(tmp_path: Path) -> None:
+    from ssr.cli import main
+
+    summary = generate(tmp_path / "d", SynthOptions(profile="speaker", **SMALL))
+    assert summary["options"]["profile"] == "speaker"
+    assert {"rate", "overlap"} <= set(summary["sessions"]["0"])
+    with pytest.raises(ConfigError, match="profile must be one of default, displaced"):
+        SynthOptions(profile="nope").validate()
+    argv = ["data", "synth", "--out", str(tmp_path / "e"), "--vocab", "3", "--per-word", "5",
+            "--sessions", "5", "--train-sessions", "2", "--val-sessions", "2",
+            "--profile", "displaced", "--duration", "0.5", "0.6"]  # fmt: skip
+    assert main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "e" / "val").iterdir()) == [
+        "session02", "session03"
+    ]  # fmt: skip

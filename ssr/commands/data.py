@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ssr.cli import add_config_args, config_from_args
+from ssr.data.synth_profiles import PROFILES
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -19,6 +20,8 @@ def _synth(args: argparse.Namespace) -> int:
         sessions=args.sessions,
         train_sessions=args.train_sessions,
         test_sessions=args.test_sessions,
+        val_sessions=args.val_sessions,
+        profile=args.profile,
         permuted=args.permuted,
         fmt=args.format,
         seed=args.seed,
@@ -86,7 +89,7 @@ def register(subparsers: Any) -> None:
     synth.add_argument(
         "--per-word", type=int, default=32, help="utterances per word over all sessions (32)"
     )
-    synth.add_argument("--sessions", type=int, default=8, help="recording sessions (default 8)")
+    synth.add_argument("--sessions", type=int, default=9, help="recording sessions (default 9)")
     synth.add_argument(
         "--train-sessions", type=int, default=5, help="sessions used for training (default 5)"
     )
@@ -94,8 +97,22 @@ def register(subparsers: Any) -> None:
         "--test-sessions",
         type=int,
         default=None,
-        help="sessions held out for testing (default: all sessions after the training ones "
-        "but one, which is the validation session)",
+        help="sessions held out for testing (default: the held-out sessions after the "
+        "validation ones)",
+    )
+    synth.add_argument(
+        "--val-sessions",
+        type=int,
+        default=None,
+        help="sessions held out for validation, after the training ones (default: 2 where 3 or "
+        "more are held out, else 1; with --test-sessions, what it leaves)",
+    )
+    synth.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="default",
+        help="how sessions differ: "
+        + "; ".join(f"{name}: {p.description}" for name, p in PROFILES.items()),
     )
     synth.add_argument(
         "--permuted",

@@ -17,6 +17,12 @@ Generative model (all randomness from one seed, so the same seed gives byte-iden
   powerline hum (with harmonics) of its own strength and phase, DC offsets and noise floor.
 * **Per utterance.** Baseline wander, sparse motion artefacts (spikes and decaying steps) and
   white sensor noise.
+* **Profiles.** How much sessions (and the speaker) differ is a named :class:`SessionProfile`
+  (``PROFILES``): ``default`` is the model above; ``displaced`` moves the whole array by up to
+  one electrode, with broader gain spread, more crosstalk and stronger hum; ``speaker`` draws
+  dense muscle synergies, moves each muscle's spectral peak per session, changes speaking rate
+  and coarticulation per session, with little crosstalk and hum. They exist so that a recipe is
+  tuned on some profiles and checked on others, not fitted to one generator.
 
 Validation and test use sessions never seen in training, so a model must generalise across
 electrode placements, as on real data.
@@ -30,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import signal
 
+from ssr.data.synth_profiles import PROFILES, SessionProfile
 from ssr.errors import ConfigError
 
 WORDS = (
@@ -48,9 +55,11 @@ class SynthOptions:
 
     vocab: int = 10
     per_word: int = 32
-    sessions: int = 8
+    sessions: int = 9
     train_sessions: int = 5
-    test_sessions: int | None = None  # default: every held-out session but one (validation)
+    test_sessions: int | None = None  # default: the held-out sessions after validation's
+    val_sessions: int | None = None  # default: 2 where 3 or more sessions are held out, else 1
+    profile: str = "default"  # a name in PROFILES
     permuted: float = 0.4
     fmt: Literal["native", "gaddy"] = "native"
     seed: int = 0
@@ -61,11 +70,27 @@ class SynthOptions:
     powerline_freq: float = 60.0
 
     @property
+    def num_val_sessions(self) -> int:
+        """Validation sessions: ``val_sessions``; else what ``test_sessions`` leaves of the
+        held-out ones; else 2 where at least 3 are held out (model selection should not trust
+        one session), else 1."""
+        held_out = self.sessions - self.train_sessions
+        if self.val_sessions is not None:
+            return self.val_sessions
+        if self.test_sessions is not None:
+            return held_out - self.test_sessions
+        return 2 if held_out >= 3 else 1
+
+    @property
     def num_test_sessions(self) -> int:
-        """Test sessions: ``test_sessions``, or all held-out sessions but one."""
+        """Test sessions: ``test_sessions``, or the held-out sessions after validation's."""
         if self.test_sessions is not None:
             return self.test_sessions
-        return self.sessions - self.train_sessions - 1
+        return self.sessions - self.train_sessions - self.num_val_sessions
+
+    @property
+    def session_profile(self) -> SessionProfile:
+        return PROFILES[self.profile]
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for impossible options."""
@@ -74,10 +99,17 @@ class SynthOptions:
             (
                 self.train_sessions < 1
                 or self.num_test_sessions < 1
-                or self.sessions - self.train_sessions - self.num_test_sessions < 1,
+                or self.num_val_sessions < 1
+                or self.train_sessions + self.num_val_sessions + self.num_test_sessions
+                != self.sessions,
                 f"need train_sessions >= 1 and held-out sessions for validation (>= 1) and "
                 f"test (>= 1); got sessions={self.sessions}, train_sessions="
-                f"{self.train_sessions}, test_sessions={self.num_test_sessions}",
+                f"{self.train_sessions}, val_sessions={self.num_val_sessions}, "
+                f"test_sessions={self.num_test_sessions}",
+            ),
+            (
+                self.profile not in PROFILES,
+                f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}",
             ),
             (
                 not 0.0 <= self.permuted <= 1.0,
@@ -122,6 +154,7 @@ class World:
     gesture_act: np.ndarray  # (G, M) synergy: activation level of each muscle
     gesture_dur: np.ndarray  # (G,) typical duration, seconds
     words: dict[str, list[int]]  # word -> gesture sequence
+    muscle_band: np.ndarray  # (M, 2) band edges of each muscle's spectrum, Hz
 
 
 @dataclass
@@ -135,6 +168,9 @@ class Session:
     offset: np.ndarray  # (C,) DC offset, microvolts
     noise: float  # sensor noise std, microvolts
     effort: float
+    muscle_sos: list[np.ndarray] | None = None  # this session's muscle spectra (None: world's)
+    rate: float = 1.0  # the speaker's speaking rate in this session (duration factor)
+    overlap: float = 0.7  # gesture onset step as a fraction of the previous gesture's duration
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -142,6 +178,8 @@ class Session:
             "shift": round(self.shift, 4),
             "crosstalk": round(self.crosstalk, 4),
             "hum_uv": [round(float(a), 2) for a in self.hum_amp],
+            "rate": round(self.rate, 4),
+            "overlap": round(self.overlap, 4),
         }
 
 
@@ -159,18 +197,16 @@ def make_world(opts: SynthOptions) -> World:
     c, m, g = opts.channels, NUM_MUSCLES, NUM_GESTURES
     pos = np.sort(rng.uniform(-0.5, c - 0.5, m))
     width = rng.uniform(0.8, 1.8, m)
-    sos = [
-        signal.butter(
-            2, [rng.uniform(20, 40), rng.uniform(150, 400)], "bandpass",
-            fs=opts.sampling_rate, output="sos",
-        )
-        for _ in range(m)
-    ]  # fmt: skip
+    band = np.array([[rng.uniform(20, 40), rng.uniform(150, 400)] for _ in range(m)])
+    sos = [_band_sos(lo, hi, opts.sampling_rate) for lo, hi in band]
     act = np.zeros((g, m))
     for k in range(g):
         active = rng.choice(m, size=rng.integers(1, 4), replace=False)
         act[k, active] = rng.uniform(0.4, 1.0, active.size)
         act[k] += rng.uniform(0.0, 0.08, m)  # co-contraction of the others
+    if opts.session_profile.synergy == "dense":  # every muscle takes part, gamma-distributed
+        dense = rng_for(opts.seed, 5).gamma(0.7, 1.0, (g, m))
+        act = 0.1 + 0.9 * dense / dense.max(axis=1, keepdims=True)
     dur = rng.uniform(0.12, 0.25, g)
     words: dict[str, list[int]] = {}
     seen: set[tuple[int, ...]] = set()
@@ -195,7 +231,13 @@ def make_world(opts: SynthOptions) -> World:
                 seen.add(tuple(seq))
                 words[word] = seq
                 break
-    return World(pos, width, sos, act, dur, words)
+    return World(pos, width, sos, act, dur, words, band)
+
+
+def _band_sos(low: float, high: float, rate: float) -> np.ndarray:
+    """A muscle's motor-unit spectrum: 2nd-order Butterworth band-pass from low to high Hz."""
+    sos: np.ndarray = signal.butter(2, [low, high], "bandpass", fs=rate, output="sos")
+    return sos
 
 
 def _reorder(
@@ -212,26 +254,44 @@ def _reorder(
 
 def make_session(opts: SynthOptions, world: World, index: int) -> Session:
     rng = rng_for(opts.seed, 1, index)
+    extra = rng_for(opts.seed, 4, index)  # the profile's own draws; default draws none
+    prof = opts.session_profile
     c = opts.channels
-    gains = rng.lognormal(0.0, 0.3, c)
-    shift = float(rng.uniform(-0.75, 0.75))
+    gains = rng.lognormal(0.0, prof.gain_sigma, c)
+    shift = float(rng.uniform(-prof.shift, prof.shift))
+    if prof.roll:  # the whole array sits up to ``roll`` electrodes off
+        shift += float(extra.integers(-prof.roll, prof.roll + 1))
     electrodes = np.arange(c) + shift + rng.normal(0.0, 0.1, c)
     dist = (electrodes[:, None] - world.muscle_pos[None, :]) / world.muscle_width[None, :]
     footprint = np.exp(-0.5 * dist**2) + 0.03
-    crosstalk = float(rng.uniform(0.05, 0.2))
+    crosstalk = float(rng.uniform(*prof.crosstalk))
     neighbours = np.eye(c) + crosstalk * (np.eye(c, k=1) + np.eye(c, k=-1))
     mixing = gains[:, None] * (neighbours @ footprint)
-    return Session(
+    session = Session(
         gains=gains,
         shift=shift,
         crosstalk=crosstalk,
         mixing=mixing,
-        hum_amp=rng.uniform(4.0, 15.0) * rng.lognormal(0.0, 0.4, c),
+        hum_amp=rng.uniform(*prof.hum_uv) * rng.lognormal(0.0, 0.4, c),
         hum_phase=rng.uniform(0, 2 * np.pi, (3, c)),
         offset=rng.normal(0.0, 30.0, c),
         noise=float(rng.uniform(1.0, 2.0)),
         effort=float(rng.lognormal(0.0, 0.15)),
     )
+    if prof.spectral_sigma > 0:  # tissue and contact move each muscle's spectral peak
+        scale = extra.lognormal(0.0, prof.spectral_sigma, len(world.muscle_band))
+        nyquist = 0.45 * opts.sampling_rate
+        session.muscle_sos = [
+            _band_sos(
+                max(10.0, lo * f), min(nyquist, max(lo * f + 40.0, hi * f)), opts.sampling_rate
+            )
+            for (lo, hi), f in zip(world.muscle_band, scale, strict=True)
+        ]
+    if prof.rate_sigma > 0:
+        session.rate = float(extra.lognormal(0.0, prof.rate_sigma))
+    if prof.overlap[0] != prof.overlap[1]:
+        session.overlap = float(extra.uniform(*prof.overlap))
+    return session
 
 
 def _bump(t: np.ndarray, start: float, dur: float) -> np.ndarray:
@@ -252,11 +312,11 @@ def utterance(
     rng = rng_for(opts.seed, 2, sidx, uidx)
     fs = opts.sampling_rate
     seq = world.words[word] if word is not None else []
-    rate = rng.lognormal(0.0, 0.2)
+    rate = rng.lognormal(0.0, 0.2) * session.rate
     durs = world.gesture_dur[seq] * rate * rng.lognormal(0.0, 0.12, len(seq))
     onsets = np.zeros(len(seq))
     for i in range(1, len(seq)):
-        step = durs[i - 1] * (0.7 + rng.normal(0.0, 0.05)) + rng.normal(0.0, 0.015)
+        step = durs[i - 1] * (session.overlap + rng.normal(0.0, 0.05)) + rng.normal(0.0, 0.015)
         onsets[i] = onsets[i - 1] + max(step, 0.03)
     speech = onsets[-1] + durs[-1] if seq else 0.0
     total = max(rng.uniform(opts.min_duration, opts.max_duration), speech + 0.3)
@@ -275,7 +335,7 @@ def utterance(
         )
 
     sources = np.empty((n, NUM_MUSCLES))
-    for m, sos in enumerate(world.muscle_sos):
+    for m, sos in enumerate(session.muscle_sos or world.muscle_sos):
         noise = signal.sosfilt(sos, rng.standard_normal(n + 200))[200:]
         sources[:, m] = noise / noise.std()
     emg = (40.0 * envelope * sources) @ session.mixing.T  # (n, C)
