@@ -51,6 +51,12 @@ class ModelConfig(_Section):
         "order of events); mean: one mean over all frames (order-blind)",
     )
     segments: int = Field(4, ge=1, le=64, description="readout points for readout=segments")
+    centring: Literal["electrode", "band"] = Field(
+        "band",
+        description="what each utterance's mean log power is removed over: electrode (one "
+        "offset per electrode: the session gain) or band (one per electrode and band: also the "
+        "spectral shape, which moves between sessions)",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:
@@ -101,6 +107,15 @@ class AugmentConfig(_Section):
     enabled: bool = True
     gain_std: float = Field(0.3, ge=0, description="per-electrode log-power offset, std")
     shift: float = Field(0.75, ge=0, lt=1, description="max fraction of a neighbour mixed in")
+    electrode_shift: float = Field(
+        0.5, ge=0, le=1, description="probability of moving the array by one whole electrode"
+    )
+    channel_dropout: float = Field(
+        0.1, ge=0, lt=1, description="probability of flattening each electrode (lost contact)"
+    )
+    spectral_warp: float = Field(
+        0.2, ge=0, lt=1, description="band axis resampled by 1 +- this (spectral peak moves)"
+    )
     stretch: float = Field(0.15, ge=0, lt=1, description="speaking-rate change, +- fraction")
     time_shift: int = Field(2, ge=0, description="max frames the utterance is rolled by")
     time_masks: int = Field(1, ge=0, description="masked time spans per utterance")

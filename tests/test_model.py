@@ -81,6 +81,18 @@ def test_electrode_gain_offset_does_not_change_outputs() -> None:
     torch.testing.assert_close(model(x + offset), model(x), atol=1e-4, rtol=1e-4)
 
 
+def test_band_centring_removes_each_electrodes_spectral_shape() -> None:
+    # centring=band (the default): a static offset per electrode and band (a session's spectral
+    # shape) is removed too; centring=electrode removes only one offset per electrode.
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 8, 8)
+    shape = 2 * torch.randn(1, 1, 8, 8)
+    band = build_model(CFG, num_classes=4).eval()  # the default
+    torch.testing.assert_close(band(x + shape), band(x), atol=1e-4, rtol=1e-4)
+    electrode = build_model(CFG.model_copy(update={"centring": "electrode"}), 4).eval()
+    assert not torch.allclose(electrode(x + shape), electrode(x), atol=1e-3)
+
+
 def test_classifier_sees_each_electrode() -> None:
     # Pooled per electrode and concatenated: swapping two electrodes' features is visible.
     torch.manual_seed(0)
