@@ -75,14 +75,17 @@ def test_inference_quick() -> None:
 
 
 def test_quality_quick() -> None:
-    out = run_bench("bench_quality.py", "--quick")
-    rows = table(out, "model | seed 1 acc %")
-    names = [r[0] for r in rows]
-    assert any("plain" in n for n in names) and any("strong baseline" in n for n in names)
-    assert "configs/small.yaml" in names
+    out = run_bench("bench_quality.py", "--quick", "--jobs", "2", "--tune-seeds")
+    rows = table(out, "profile | data seed | role")
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("displaced", "1", "held out"), ("speaker", "1", "held out")
+    ]  # fmt: skip
     for r in rows:
-        assert all(0.0 <= float(v) <= 100.0 for v in r[1:4])  # seed 1, mean, worst
-        assert 0.0 <= float(r[4]) <= 1.0  # mean macro-F1
+        assert all(0.0 <= float(v) <= 100.0 for v in r[3:6])  # plain, strong, small
+        assert float(r[6]) == pytest.approx(float(r[5]) - float(r[4]), abs=0.11)  # worst gain
+        assert r[7] == "0.0"  # one training seed: no spread
+    summary = table(out, "data sets | count")
+    assert [r[0] for r in summary] == ["held out", "all"] and summary[1][1] == "2"
 
 
 def test_train_quick() -> None:
