@@ -328,6 +328,16 @@ def _format_validation(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+# Model keys added after models were first saved, with what their absence means in a stored
+# config (a checkpoint or registered model from before the key existed): the model it was.
+ABSENT_MODEL_KEYS: dict[str, Any] = {"arch": "transformer", "centring": "electrode"}
+
+
+def stored_model_section(model: dict[str, Any]) -> dict[str, Any]:
+    """A stored ``model`` section with the keys it predates filled in as they behaved then."""
+    return {**ABSENT_MODEL_KEYS, **model}
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
     """Validate a plain dict into a :class:`Config`, naming the offending keys on error."""
     try:

@@ -1,8 +1,10 @@
 """The spatiotemporal transformer over (frames, electrodes, spectral bins) EMG features.
 
-Each electrode's log band powers are first centred on their mean over the utterance (valid
-frames, all bins): a recording session's electrode gain is an additive offset in log power, so
-this removes it. The ``input_size`` bins are then projected to ``hidden_size`` by one shared
+The log band powers are first centred on their mean over the utterance's valid frames
+(``model.centring``): ``band`` (default) per electrode and band, removing both a recording
+session's electrode gain and its spectral shape (additive offsets in log power, per electrode
+or per band); ``electrode`` per electrode over all bins, removing the gain only. The
+``input_size`` bins are then projected to ``hidden_size`` by one shared
 linear layer, plus a learned electrode embedding and a sinusoidal frame position encoding. Each
 of the ``num_layers`` blocks attends first across the electrodes of one frame (spatial), then
 across the frames of one electrode (temporal, padding masked).

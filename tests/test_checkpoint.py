@@ -128,6 +128,25 @@ def test_bad_training_checkpoint_is_one_line(tmp_path: Path, changes: dict, prob
     assert message.startswith(path) and "\n" not in message and len(message) < 700, message
 
 
+def test_a_checkpoint_from_before_band_centring_is_the_model_it_was() -> None:
+    from ssr.config import Config
+    from ssr.errors import CheckpointError
+    from ssr.model import build_model
+    from ssr.training.checkpoint import RESUME_KEYS, check_resumable, restore_model
+
+    cfg = Config().model_dump()
+    cfg["model"].update(hidden_size=16, num_heads=2, num_layers=1, input_size=8)
+    weights = build_model(Config.model_validate(cfg).model, 2).state_dict()
+    del cfg["model"]["centring"]  # written before model.centring existed
+    state = {k: {} for k in RESUME_KEYS}
+    state.update(model=weights, labels=["a", "b"], config=cfg)
+    model, stored, _ = restore_model(state, "old.pth")
+    assert stored.model.centring == "electrode" and model.cfg.centring == "electrode"
+    current = {**cfg["model"], "centring": "band"}  # today's default: another model
+    with pytest.raises(CheckpointError, match="model.centring: electrode -> band"):
+        check_resumable(state, "old.pth", ["a", "b"], current)
+
+
 def test_a_checkpoint_from_before_model_arch_still_resumes() -> None:
     from ssr.config import ModelConfig
     from ssr.errors import CheckpointError

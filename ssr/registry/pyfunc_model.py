@@ -65,14 +65,14 @@ class EmgClassifier(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         from safetensors.torch import load_file
 
-        from ssr.config import ModelConfig
+        from ssr.config import ModelConfig, stored_model_section
         from ssr.data.features import FeatureExtractor
         from ssr.model import build_model
 
         info = json.loads(Path(context.artifacts[MODEL_INFO]).read_text())
         self.manifest: dict[str, Any] = json.loads(Path(context.artifacts[MANIFEST]).read_text())
         self.labels: list[str] = list(info["labels"])
-        self.model_cfg = ModelConfig(**info["model"])
+        self.model_cfg = ModelConfig(**stored_model_section(info["model"]))
         model = build_model(self.model_cfg, len(self.labels))
         model.load_state_dict(load_file(context.artifacts[WEIGHTS], device="cpu"))
         self.model = model.eval()

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ssr.config import Config, StorageConfig, config_from_dict, flatten
+from ssr.config import Config, StorageConfig, config_from_dict, flatten, stored_model_section
 from ssr.data.fingerprint import FEATURE_FIELDS, feature_hash
 from ssr.errors import CheckpointError, ConfigError, StorageError
 from ssr.fsutil import atomic_path
@@ -266,8 +266,11 @@ def stored_config(state: dict[str, Any], source: str) -> Config:
     """The validated training config stored in a checkpoint (CheckpointError if unusable)."""
     if not isinstance(state.get("config"), dict):
         raise CheckpointError(f"{source}: 'config' is missing or not a mapping")
+    raw = dict(state["config"])
+    if isinstance(raw.get("model"), dict):  # written before a model key existed: as it was
+        raw["model"] = stored_model_section(raw["model"])
     try:
-        return config_from_dict(state["config"], f"{source} (stored config)")
+        return config_from_dict(raw, f"{source} (stored config)")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
 
@@ -292,10 +295,6 @@ def restore_model(state: dict[str, Any], source: str) -> tuple[torch.nn.Module, 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "early_stopping", "epoch", "rng", "labels")
 
 
-# Model keys added after checkpoints were first written, with what their absence means.
-ABSENT_MEANS = {"arch": "transformer"}
-
-
 def check_resumable(
     state: dict[str, Any], source: str, labels: list[str], model: dict[str, Any]
 ) -> None:
@@ -313,7 +312,7 @@ def check_resumable(
     stored = config.get("model") if isinstance(config, dict) else None
     if not isinstance(stored, dict):
         raise CheckpointError(f"{source}: stored config has no 'model' section")
-    stored = {**ABSENT_MEANS, **stored}
+    stored = stored_model_section(stored)
     diff = sorted(k for k in model if k != "dropout" and stored.get(k) != model[k])
     if diff:
         changes = ", ".join(f"model.{k}: {stored.get(k)} -> {model[k]}" for k in diff)
