@@ -26,7 +26,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Executing task '?([\w-]+)'?")
 FINISHED = re.compile(r"Task '?([\w-]+)'? finished with status (\w+)")
 STEPS = ("preprocess", "train", "evaluate", "register")
-QUICK_SYNTH = ["--vocab=4", "--per-word=8"]  # every word in each of the 8 default sessions
+QUICK_SYNTH = ["--vocab=4", "--per-word=9"]  # every word in each of the 9 default sessions
 
 
 def local_env(workdir: Path) -> dict[str, str]:

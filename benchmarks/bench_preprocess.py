@@ -50,8 +50,8 @@ def preprocess_run(
     Returns (minutes of EMG, raw MB on disk, wall seconds, peak resident MiB of the process).
     """
     raw = workdir / f"raw-{per_word}"
-    # at least one utterance of every word in each of the default 8 sessions
-    summary = generate(raw, SynthOptions(vocab=10, per_word=max(per_word, 8)))
+    # at least one utterance of every word in each of the default 9 sessions
+    summary = generate(raw, SynthOptions(vocab=10, per_word=max(per_word, 9)))
     minutes = sum(split["seconds"] for split in summary["splits"].values()) / 60
     size = sum(f.stat().st_size for f in raw.rglob("*") if f.is_file()) / 1e6
     args = [f"data.{s}_dir={raw / s}" for s in ("train", "val", "test")]
