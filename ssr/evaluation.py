@@ -5,7 +5,6 @@ The metrics themselves live in :mod:`ssr.metrics`; they are re-exported here for
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from ssr.baseline import score_baseline
 from ssr.data.processed import ProcessedSplit, collate
 from ssr.data.sessions import metric_keys, session_groups
 from ssr.errors import DataError
-from ssr.fsutil import write_json, write_text
+from ssr.fsutil import read_json_object, write_json, write_text
 from ssr.metrics import (
     MACRO_F1_CONVENTION,
     accuracy,
@@ -325,14 +324,7 @@ def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
     strings and a square integer ``confusion_matrix`` (and, if present, a numeric baseline,
     ``per_session`` scores and the checkpoint's ``selection``)."""
     path = Path(path)
-    try:
-        metrics = json.loads(path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(metrics, dict):
-        raise DataError(f"{path}: must be a JSON object, got {type(metrics).__name__}")
+    metrics = read_json_object(path)
     for key in ("accuracy", "macro_f1", "loss"):
         if not _number(metrics.get(key)):
             raise DataError(f"{path}: {key!r} must be a number, got {metrics.get(key)!r}")

@@ -41,6 +41,7 @@ from ssr.data.fingerprint import feature_hash
 from ssr.data.processed import ProcessedSplit
 from ssr.errors import DataError, RegistryError
 from ssr.evaluation import read_metrics
+from ssr.fsutil import read_json_object
 from ssr.registry.packaging import (
     SERVING_REQUIREMENTS,
     example_input,
@@ -115,16 +116,7 @@ def read_evaluation(eval_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], l
     metrics = read_metrics(metrics_path)
     if metrics.get("split", "test") != "test":
         raise DataError(f"{metrics_path}: evaluated on {metrics['split']!r}, not test")
-    try:
-        predictions = json.loads(predictions_path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise DataError(f"{predictions_path}: cannot read: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{predictions_path}: not valid JSON: {exc}") from None
-    if not isinstance(predictions, dict):
-        raise DataError(
-            f"{predictions_path}: must be a JSON object, got {type(predictions).__name__}"
-        )
+    predictions = read_json_object(predictions_path)
     rows = predictions.get("predictions", [])
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise DataError(f"{predictions_path}: 'predictions' must be a list of objects")
