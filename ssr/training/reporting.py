@@ -66,8 +66,7 @@ class Reporting:
 
     def _visualise(self, val: dict[str, Any]) -> None:
         outdir = self._output_dir()
-        # validate() returns the utterances in dataset order: one shard, in order
-        plot_validation(val, self.labels, self.val_set, 1, outdir, self.epoch, self.tracker)
+        plot_validation(val, self.labels, self.val_set, outdir, self.epoch, self.tracker)
         self._publish_outputs()
 
     def _start_run(self) -> None:

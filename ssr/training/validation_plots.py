@@ -17,12 +17,11 @@ def plot_validation(
     val: dict[str, Any],
     labels: list[str],
     val_set: ProcessedSplit,
-    world_size: int,
     outdir: Path,
     epoch: int,
     tracker: Tracker,
 ) -> None:
-    """Plot ``val`` (from ``Trainer.validate``, gathered over ``world_size`` rank shards) into
+    """Plot ``val`` (from ``Trainer.validate``: every utterance, in dataset order) into
     ``outdir`` and log the plots to ``tracker`` at step ``epoch``."""
     plot_confusion_matrix(
         val["confusion_matrix"],
@@ -30,12 +29,9 @@ def plot_validation(
         outdir / f"confusion_matrix_epoch_{epoch}.png",
         title=f"Validation confusion matrix, epoch {epoch}",
     )
-    # Utterances 0..k-1 of the validation set, which is rank 0's shard start in order.
-    k = min(NUM_VIZ_EXAMPLES, len(val_set))
-    order = [i for r in range(world_size) for i in range(r, len(val_set), world_size)]
-    pos = {orig: j for j, orig in enumerate(order)}
-    feats = [val_set[i][0].numpy() for i in range(k)]
-    idx = [pos[i] for i in range(k)]
+    # The first utterances of the validation set.
+    idx = range(min(NUM_VIZ_EXAMPLES, len(val_set)))
+    feats = [val_set[i][0].numpy() for i in idx]
     pred_path = plot_predictions(
         feats,
         [int(val["y_true"][j]) for j in idx],
