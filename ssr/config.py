@@ -9,7 +9,6 @@ project points to as the single source of defaults.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ssr.errors import ConfigError
+from ssr.yaml_io import flatten, format_validation, parse_override, set_dotted, yaml_load
+
+__all__ = ["flatten", "parse_override", "yaml_load"]
 
 
 class _Section(BaseModel):
@@ -51,6 +53,13 @@ class ModelConfig(_Section):
         "order of events); mean: one mean over all frames (order-blind)",
     )
     segments: int = Field(4, ge=1, le=64, description="readout points for readout=segments")
+    subsample: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="time stride of the CTC architectures' convolutional front-end (output "
+        "frames = input frames / subsample); the word classifier ignores it",
+    )
     centring: Literal["electrode", "band"] = Field(
         "band",
         description="what each utterance's mean log power is removed over: electrode (one "
@@ -177,6 +186,22 @@ class TrainingConfig(_Section):
     )
 
 
+class DecodingConfig(_Section):
+    """``task: sentences``: CTC decoding with a lexicon and a word n-gram language model built
+    from the training transcripts plus ``lm_text`` (see :mod:`ssr.sentences.decoding`)."""
+
+    lm_text: str | None = Field(
+        None,
+        description="extra text (one sentence or word per line, local or s3://) for the lexicon "
+        "and the language model; the training transcripts are always used",
+    )
+    lm_order: int = Field(3, ge=1, le=6, description="n-gram order of the word language model")
+    beam_size: int = Field(64, ge=1, description="hypotheses kept per frame")
+    beam_threshold: float = Field(25.0, gt=0, description="drop hypotheses this far below the best")
+    lm_weight: float = Field(1.0, ge=0, description="weight of the language model's log10 score")
+    word_score: float = Field(0.0, description="bonus added per emitted word")
+
+
 class MlflowConfig(_Section):
     enabled: bool = True
     tracking_uri: str = "sqlite:///mlflow.db"
@@ -223,6 +248,9 @@ class RegistryConfig(_Section):
         description="required test-accuracy gain over the strong linear baseline (ssr.baseline); "
         "null skips the baseline check",
     )
+    max_wer: float = Field(
+        0.5, gt=0, le=1, description="task sentences: a challenger above this test WER is refused"
+    )
     log_pytorch_model: bool = Field(
         True, description="also log the network in MLflow's PyTorch flavour (torch.export pt2)"
     )
@@ -231,12 +259,18 @@ class RegistryConfig(_Section):
 class Config(_Section):
     """The whole configuration."""
 
+    task: Literal["words", "sentences"] = Field(
+        "words",
+        description="words: one class per utterance; sentences: open-vocabulary transcripts "
+        "(CTC over characters, lexicon and language model)",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
@@ -251,81 +285,6 @@ class Config(_Section):
     def flat(self) -> dict[str, Any]:
         """The config as ``{"section.key": value}``, e.g. for experiment-tracking params."""
         return flatten(self.model_dump())
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts into dotted keys."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML loading that refuses a key given twice in one mapping and reads ``1e-3`` as a
-    float (YAML 1.1 would read it as a string)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def yaml_load(text: str) -> Any:
-    """Parse YAML text with :class:`_StrictLoader` (duplicate keys are an error)."""
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Parse ``section.key=value``; the value is read as YAML (``3``, ``true``, ``null``, ...)."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or "." not in key:
-        raise ConfigError(f"override {text!r}: expected section.key=value")
-    try:
-        value = yaml_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
-    return key, value
-
-
-def _format_validation(err: ValidationError, source: str) -> str:
-    lines = []
-    for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        msg = item["msg"]
-        if item["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{source}: {loc}: {msg}")
-    return "\n".join(lines)
 
 
 # Model keys added after models were first saved, with what their absence means in a stored
@@ -343,7 +302,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, source)) from None
+        raise ConfigError(format_validation(exc, source)) from None
 
 
 def load_config(
@@ -377,7 +336,7 @@ def load_config(
         raw = loaded
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     if overrides:
         source += " (with overrides)"
     return config_from_dict(raw, source)
