@@ -239,6 +239,10 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """The ``model.arch`` architecture described by ``cfg`` with a ``num_classes``-way
     classifier; an unknown name is a ConfigError listing the registered ones."""
     factory = ARCHITECTURES.get(cfg.arch)
+    if factory is None and cfg.arch == "ctc_transformer":  # registers itself on import
+        import ssr.sentences.model  # noqa: F401
+
+        factory = ARCHITECTURES.get(cfg.arch)
     if factory is None:
         raise ConfigError(
             f"model.arch={cfg.arch!r} is not a registered architecture "

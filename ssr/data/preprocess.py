@@ -34,6 +34,7 @@ from ssr.data.processed import SPLITS, SplitStream, write_processed
 from ssr.data.running_stats import RunningStats
 from ssr.errors import DataError
 from ssr.progress import progress_bar
+from ssr.sentences.units import check_fits, normalise, output_labels
 from ssr.storage import is_s3, localize, publish
 
 __all__ = [
@@ -282,10 +283,18 @@ def run_preprocess(cfg: Config) -> Path:
         scans, stats, fingerprint = _pass_one(cfg, local, spill)
         train = scans["train"].utterances
         check_repeats(fingerprint)
-        labels = check_labels(
-            train, {n: scans[n].utterances for n in ("val", "test")}, str(dirs["train"])
-        )
-        label_ids = {label: i for i, label in enumerate(labels)}
+        texts: dict[str, list[str]] | None = None
+        if cfg.task == "sentences":
+            labels = output_labels()
+            texts = {
+                n: [normalise(u.label, u.path) for u in s.utterances] for n, s in scans.items()
+            }
+            label_ids = {}
+        else:
+            labels = check_labels(
+                train, {n: scans[n].utterances for n in ("val", "test")}, str(dirs["train"])
+            )
+            label_ids = {label: i for i, label in enumerate(labels)}
 
         mean, std = stats.result()
         flat = np.flatnonzero(std <= 1e-12 * max(1.0, float(np.abs(mean).max())))
@@ -303,18 +312,24 @@ def run_preprocess(cfg: Config) -> Path:
                 if name == "train"
                 else _reread(name, scan, cfg, extractor)
             )
+            lengths = [extractor.num_frames(u.samples) for u in scan.utterances]
+            if texts is not None:
+                for u, n, text in zip(scan.utterances, lengths, texts[name], strict=True):
+                    check_fits(text, labels, n, cfg.model.subsample, u.path)
             streams[name] = SplitStream(
-                lengths=[extractor.num_frames(u.samples) for u in scan.utterances],
-                labels=[label_ids[u.label] for u in scan.utterances],
+                lengths=lengths,
+                labels=[label_ids.get(u.label, 0) for u in scan.utterances],
                 ids=[u.path for u in scan.utterances],
                 shape=(channels, extractor.input_size),
                 features=features,
+                texts=None if texts is None else texts[name],
             )
         data = cfg.data.model_dump()
         manifest = extractor.to_manifest()
         manifest.update(
             {
                 "labels": labels,
+                "task": cfg.task,
                 "preprocessing": {k: data[k] for k in PREPROCESSING_KEYS}
                 | {"format": cfg.data.format},
                 "fingerprint": fingerprint.hexdigest(),

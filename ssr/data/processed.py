@@ -6,6 +6,11 @@ Layout of ``processed_dir``::
     {split}_features.npy     float32 (total_frames, channels, bins), utterances concatenated
     {split}_index.npy        int64 (utterances, 3): frame offset, frame count, label id
     {split}_ids.json         source file of each utterance (for error messages and plots)
+    {split}_text.json        task sentences: the normalised transcript of each utterance
+
+For ``task: sentences`` the manifest's ``task`` is ``"sentences"``, its ``labels`` are the
+model's output units (the CTC blank first, :func:`ssr.sentences.units.output_labels`) and the
+index's label column is 0; the transcripts are in ``{split}_text.json``.
 
 The ``.npy`` arrays are contiguous and opened with ``mmap_mode="r"``, so training reads them
 without loading everything into memory and without re-filtering.
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ class SplitArrays:
     features: np.ndarray  # float32 (total_frames, channels, bins)
     index: np.ndarray  # int64 (utterances, 3): offset, length, label id
     ids: list[str]
+    texts: list[str] | None = None  # task sentences: one transcript per utterance
 
     def __post_init__(self) -> None:
         if self.features.ndim != 3:
@@ -50,6 +56,8 @@ class SplitArrays:
             raise ValueError(f"index must be (utterances, 3), got {self.index.shape}")
         if len(self.ids) != len(self.index):
             raise ValueError("ids and index disagree in length")
+        if self.texts is not None and len(self.texts) != len(self.ids):
+            raise ValueError("texts and ids disagree in length")
 
 
 @dataclass
@@ -65,6 +73,7 @@ class SplitStream:
     ids: list[str]
     shape: tuple[int, int]  # (channels, bins)
     features: Iterable[np.ndarray]
+    texts: list[str] | None = None  # task sentences: one transcript per utterance
 
     @property
     def index(self) -> np.ndarray:
@@ -125,6 +134,8 @@ def write_processed(
                 np.save(tmp / f"{name}_features.npy", features)
             np.save(tmp / f"{name}_index.npy", np.ascontiguousarray(arr.index, np.int64))
             (tmp / f"{name}_ids.json").write_text(json.dumps(arr.ids))
+            if arr.texts is not None:
+                (tmp / f"{name}_text.json").write_text(json.dumps(arr.texts))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out
 
@@ -205,7 +216,8 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 class ProcessedSplit(Dataset):
-    """A memory-mapped split; items are ``(features (frames, channels, bins), label id)``."""
+    """A memory-mapped split; items are ``(features (frames, channels, bins), label id)``, or
+    for ``task: sentences`` ``(features, unit ids of the transcript)``."""
 
     def __init__(self, root: str | os.PathLike[str], split: str) -> None:
         self.root = Path(root)
@@ -228,6 +240,33 @@ class ProcessedSplit(Dataset):
         if len(self.index) == 0:
             raise DataError(f"{self.root}: split {split!r} is empty")
         self._check_arrays(feat_path, index_path)
+        self.texts: list[str] = []
+        self._targets: list[torch.Tensor] = []
+        if self.task == "sentences":
+            self._read_texts(self.root / f"{split}_text.json")
+
+    @property
+    def task(self) -> str:
+        """``words`` or ``sentences`` (data sets from before tasks existed are words)."""
+        return str(self.manifest.get("task", "words"))
+
+    def _read_texts(self, path: Path) -> None:
+        """Load the transcripts and their unit ids; each must be in the manifest's units."""
+        try:
+            texts = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read the transcripts: {exc}") from None
+        if not isinstance(texts, list) or not all(isinstance(t, str) and t for t in texts):
+            raise DataError(f"{path}: must be a JSON list of non-empty strings")
+        if len(texts) != len(self.ids):
+            raise DataError(f"{path}: {len(texts)} transcripts for {len(self.ids)} utterances")
+        units = {u: i for i, u in enumerate(self.label_names) if i}
+        for source, text in zip(self.ids, texts, strict=True):
+            bad = sorted({c for c in text if c not in units})
+            if bad:
+                raise DataError(f"{path}: transcript of {source} holds units {bad} not in labels")
+            self._targets.append(torch.tensor([units[c] for c in text], dtype=torch.long))
+        self.texts = texts
 
     def _check_arrays(self, feat_path: Path, index_path: Path) -> None:
         """Refuse arrays that disagree with each other or with the manifest."""
@@ -282,29 +321,39 @@ class ProcessedSplit(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         offset, length, label = (int(v) for v in self.index[i])
         x = torch.from_numpy(np.array(self.features[offset : offset + length], dtype=np.float32))
+        if self._targets:
+            return x, self._targets[i]
         return x, label
 
 
 @dataclass
 class Batch:
-    """A padded batch: ``x`` (B, T, C, F), ``lengths`` (B,), ``labels`` (B,)."""
+    """A padded batch: ``x`` (B, T, C, F), ``lengths`` (B,), ``labels`` (B,); for sentences
+    also ``targets`` (B, S) unit ids padded with 0 and ``target_lengths`` (B,)."""
 
     x: torch.Tensor
     lengths: torch.Tensor
     labels: torch.Tensor
+    targets: torch.Tensor | None = None
+    target_lengths: torch.Tensor | None = None
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
         return Batch(
-            self.x.to(device, non_blocking=non_blocking),
-            self.lengths.to(device, non_blocking=non_blocking),
-            self.labels.to(device, non_blocking=non_blocking),
+            fn(self.x),
+            fn(self.lengths),
+            fn(self.labels),
+            None if self.targets is None else fn(self.targets),
+            None if self.target_lengths is None else fn(self.target_lengths),
         )
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
     def pin_memory(self) -> Batch:
-        return Batch(self.x.pin_memory(), self.lengths.pin_memory(), self.labels.pin_memory())
+        return self._map(lambda t: t.pin_memory())
 
     def padding_mask(self) -> torch.Tensor:
         """Bool (B, T), True where a frame is padding."""
@@ -312,13 +361,24 @@ class Batch:
         return torch.arange(t, device=self.x.device)[None, :] >= self.lengths[:, None]
 
 
-def collate(items: list[tuple[torch.Tensor, int]]) -> Batch:
-    """Pad utterances of different lengths to the longest in the batch (no truncation)."""
+def collate(items: list[tuple[torch.Tensor, int | torch.Tensor]]) -> Batch:
+    """Pad utterances of different lengths to the longest in the batch (no truncation); unit
+    id sequences (sentences) are padded with 0 into ``targets``."""
     lengths = torch.tensor([x.shape[0] for x, _ in items], dtype=torch.long)
     t_max = int(lengths.max())
     c, f = items[0][0].shape[1:]
     x = torch.zeros(len(items), t_max, c, f, dtype=torch.float32)
     for i, (feat, _) in enumerate(items):
         x[i, : feat.shape[0]] = feat
-    labels = torch.tensor([label for _, label in items], dtype=torch.long)
-    return Batch(x, lengths, labels)
+    sequences = [y for _, y in items if isinstance(y, torch.Tensor)]
+    if not sequences:
+        labels = torch.tensor([int(y) for _, y in items], dtype=torch.long)
+        return Batch(x, lengths, labels)
+    if len(sequences) != len(items):
+        raise ValueError("a batch mixes word labels and transcripts")
+    target_lengths = torch.tensor([len(y) for y in sequences], dtype=torch.long)
+    targets = torch.zeros(len(items), int(target_lengths.max()), dtype=torch.long)
+    for i, y in enumerate(sequences):
+        targets[i, : len(y)] = y
+    zeros = torch.zeros(len(items), dtype=torch.long)
+    return Batch(x, lengths, zeros, targets, target_lengths)

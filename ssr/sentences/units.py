@@ -66,3 +66,22 @@ def min_ctc_frames(ids: list[int]) -> int:
 def words_of(text: str) -> list[str]:
     """The words of a normalised transcript."""
     return text.split()
+
+
+def output_frames(frames: int, subsample: int) -> int:
+    """CTC output frames of an utterance of ``frames`` feature frames (the model's front-end
+    keeps one frame in ``subsample``, the last partial stride included)."""
+    return -(-frames // subsample)
+
+
+def check_fits(text: str, labels: list[str], frames: int, subsample: int, source: str) -> None:
+    """A :class:`DataError` naming ``source`` when ``text`` needs more CTC frames than an
+    utterance of ``frames`` feature frames gives the model."""
+    need = min_ctc_frames(encode(text, labels))
+    have = output_frames(frames, subsample)
+    if need > have:
+        raise DataError(
+            f"{source}: transcript of {len(text)} characters needs {need} CTC frames, the "
+            f"recording gives {have} ({frames} feature frames / model.subsample {subsample}); "
+            "lower data.hop_length or model.subsample, or check the transcript belongs to it"
+        )

@@ -136,4 +136,4 @@ def augment_batch(batch: Batch, cfg: AugmentConfig, max_frames: int) -> Batch:
     x = batch.x.new_zeros(len(items), int(lengths.max()), *batch.x.shape[2:])
     for i, u in enumerate(items):
         x[i, : len(u)] = u
-    return Batch(x, lengths, batch.labels)
+    return Batch(x, lengths, batch.labels, batch.targets, batch.target_lengths)

@@ -1,0 +1,101 @@
+"""``model.arch: ctc_transformer``: the spatiotemporal transformer's encoder with a frame-level
+CTC head, for ``task: sentences``.
+
+Each frame's log band powers are centred per utterance (``model.centring``, as in
+:class:`ssr.model.SpatiotemporalTransformer`) and projected per electrode to ``hidden_size``;
+a strided convolution over time, shared by the electrodes, keeps one frame in
+``model.subsample`` (about 50 output frames per second from a 10 ms hop with subsample 2, so a
+character spans several frames). The factorised blocks then attend across the electrodes of
+each frame and across the frames of each electrode, and every output frame's electrode vectors
+are concatenated into logits over the units (the CTC blank first).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssr.config import ModelConfig
+from ssr.model import FactorisedBlock, register_architecture, sinusoidal_encoding
+from ssr.sentences.units import output_frames
+
+
+@register_architecture("ctc_transformer")
+class CTCTransformer(nn.Module):
+    """Map a padded batch ``x`` (B, T, C, F) to per-frame logits (B, T', num_units)."""
+
+    position_encoding: torch.Tensor
+
+    def __init__(self, cfg: ModelConfig, num_units: int) -> None:
+        super().__init__()
+        if num_units < 2:
+            raise ValueError(f"need the blank and at least one unit, got {num_units}")
+        self.cfg = cfg.model_copy()
+        self.num_classes = num_units
+        h, s = cfg.hidden_size, cfg.subsample
+        self.input_proj = nn.Linear(cfg.input_size, h)
+        self.electrode_embedding = nn.Embedding(cfg.num_channels, h)
+        self.subsample = nn.Conv1d(h, h, kernel_size=2 * s + 1, stride=s, padding=s)
+        self.register_buffer(
+            "position_encoding",
+            sinusoidal_encoding(output_frames(cfg.max_frames, s), h),
+            persistent=False,
+        )
+        self.input_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            FactorisedBlock(h, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers)
+        )
+        self.final_norm = nn.LayerNorm(h)
+        self.head = nn.Linear(cfg.num_channels * h, num_units)
+        std = 0.02 / math.sqrt(4 * len(self.blocks))
+        for block in self.blocks:
+            assert isinstance(block, FactorisedBlock)
+            for layer in (block.spatial, block.temporal):
+                for out in (layer.attn_out, layer.ff_out):
+                    nn.init.normal_(out.weight, std=std)
+                    nn.init.zeros_(out.bias)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Output frames per utterance for input ``lengths`` (B,)."""
+        s = self.cfg.subsample
+        return torch.div(lengths + s - 1, s, rounding_mode="floor")
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise DataError when ``x`` does not fit the model (shape, ``max_frames``)."""
+        from ssr.model import SpatiotemporalTransformer
+
+        SpatiotemporalTransformer.check_input(self, x)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T', num_units); ``padding_mask`` (B, T) bool, True = padding frame."""
+        self.check_input(x)
+        b, t, c, _ = x.shape
+        if padding_mask is None:
+            padding_mask = torch.zeros(b, t, dtype=torch.bool, device=x.device)
+        valid = (~padding_mask).to(x.dtype)[:, :, None, None]
+        frames = valid.sum(dim=1, keepdim=True).clamp_min(1.0)
+        if self.cfg.centring == "band":
+            x = x - (x * valid).sum(dim=1, keepdim=True) / frames
+        else:
+            x = x - (x * valid).sum(dim=(1, 3), keepdim=True) / (frames * x.shape[-1])
+        # padding frames are zero going into the strided convolution, as its own padding is
+        h = (self.input_proj(x) + self.electrode_embedding.weight) * valid  # (B, T, C, H)
+        hd = h.shape[-1]
+        h = h.permute(0, 2, 3, 1).reshape(b * c, hd, t)
+        h = F.gelu(self.subsample(h))  # (B*C, H, T')
+        t_out = h.shape[-1]
+        h = h.view(b, c, hd, t_out).permute(0, 3, 1, 2)  # (B, T', C, H)
+        h = h + self.position_encoding[:t_out].to(h.dtype)[None, :, None, :]
+        h = self.input_dropout(h)
+        lengths = (~padding_mask).sum(dim=1)
+        out_mask = (
+            torch.arange(t_out, device=x.device)[None, :] >= self.output_lengths(lengths)[:, None]
+        )
+        for block in self.blocks:
+            h = block(h, out_mask)
+        h = self.final_norm(h)
+        logits: torch.Tensor = self.head(h.flatten(2))
+        return logits
