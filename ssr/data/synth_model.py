@@ -294,7 +294,7 @@ def make_session(opts: SynthOptions, world: World, index: int) -> Session:
     return session
 
 
-def _bump(t: np.ndarray, start: float, dur: float) -> np.ndarray:
+def bump(t: np.ndarray, start: float, dur: float) -> np.ndarray:
     """Raised-cosine activation from ``start`` lasting ``dur`` seconds."""
     phase = np.clip((t - start) / dur, 0.0, 1.0)
     return np.sin(np.pi * phase) ** 2
@@ -327,13 +327,33 @@ def utterance(
     envelope = np.full((n, NUM_MUSCLES), 0.03)
     for g, onset, dur in zip(seq, onsets + start, durs, strict=True):
         level = session.effort * rng.lognormal(0.0, 0.25)
-        envelope += level * _bump(t, onset, dur)[:, None] * world.gesture_act[g][None, :]
-    if rng.random() < 0.3:  # a non-speech burst (swallow, lip press) somewhere
+        envelope += level * bump(t, onset, dur)[:, None] * world.gesture_act[g][None, :]
+    add_burst(envelope, t, total, rng)
+    return render(opts, world, session, envelope, rng)
+
+
+def add_burst(envelope: np.ndarray, t: np.ndarray, total: float, rng: np.random.Generator) -> None:
+    """Sometimes (30 %) add a non-speech burst (swallow, lip press) to ``envelope``."""
+    if rng.random() < 0.3:
         muscle = rng.integers(NUM_MUSCLES)
-        envelope[:, muscle] += rng.uniform(0.2, 0.5) * _bump(
+        envelope[:, muscle] += rng.uniform(0.2, 0.5) * bump(
             t, rng.uniform(0, total - 0.2), rng.uniform(0.1, 0.3)
         )
 
+
+def render(
+    opts: SynthOptions,
+    world: World,
+    session: Session,
+    envelope: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The recording of muscle activations ``envelope`` (time, muscles) in ``session``: motor-unit
+    noise mixed onto the channels, hum, DC offset and wander, motion artefacts and sensor noise;
+    float32 (time, channels), uV."""
+    fs = opts.sampling_rate
+    n = envelope.shape[0]
+    t = np.arange(n) / fs
     sources = np.empty((n, NUM_MUSCLES))
     for m, sos in enumerate(session.muscle_sos or world.muscle_sos):
         noise = signal.sosfilt(sos, rng.standard_normal(n + 200))[200:]
