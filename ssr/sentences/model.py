@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssr.architectures import register_architecture
 from ssr.config import ModelConfig
-from ssr.model import FactorisedBlock, register_architecture, sinusoidal_encoding
+from ssr.model_blocks import FactorisedBlock, check_model_input, sinusoidal_encoding
 from ssr.sentences.units import output_frames
 
 
@@ -65,9 +66,7 @@ class CTCTransformer(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise DataError when ``x`` does not fit the model (shape, ``max_frames``)."""
-        from ssr.model import SpatiotemporalTransformer
-
-        SpatiotemporalTransformer.check_input(self, x)  # type: ignore[arg-type]
+        check_model_input(self.cfg, x)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T', num_units); ``padding_mask`` (B, T) bool, True = padding frame."""
