@@ -66,6 +66,15 @@ class FanoutTracker(Tracker):
             lambda b: b.log_confusion_matrix(y_true, y_pred, labels, key, step),
         )
 
+    def log_table(
+        self,
+        key: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        step: int | None = None,
+    ) -> None:
+        self._each("log_table", lambda b: b.log_table(key, columns, rows, step))
+
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self._each("log_artifact", lambda b: b.log_artifact(path, artifact_path))
 

@@ -3,8 +3,8 @@
 Each :class:`~ssr.tracking.tracker.Tracker` call becomes an :class:`~ssr.tracking.mlflow_queue.Op`
 in an :class:`~ssr.tracking.mlflow_queue.OpQueue` (which buffers while the server is down) and
 is mapped onto ``MlflowClient`` calls here. Images use MLflow's ``log_image(key=, step=)``, so
-the UI shows them with a step slider. ``finish`` makes a last attempt; whatever still cannot be
-sent then is dropped with a warning.
+the UI shows them with a step slider; tables are JSON artifacts in MLflow's table layout.
+``finish`` makes a last attempt; whatever still cannot be sent then is dropped with a warning.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ssr.redact import redact
 from ssr.tracking.mlflow_http import ARTIFACT_TIMEOUT, short_http
 from ssr.tracking.mlflow_queue import BATCH_METRICS, Op, OpQueue
 from ssr.tracking.store import ensure_experiment, open_client, safe_path
-from ssr.tracking.tracker import RunSpec, Tracker
+from ssr.tracking.tracker import RunSpec, Tracker, table_rows
 
 __all__ = ["MlflowTracker"]
 
@@ -40,6 +40,7 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 5000
 MAX_KEY = 250
 BATCH_PARAMS = 100
+LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # the tag listing a run's tables (mlflow's own)
 
 
 def _key(name: str) -> str:
@@ -99,7 +100,7 @@ class MlflowTracker(Tracker):
 
     def _apply(self, ops: list[Op]) -> None:
         op = ops[0]
-        timeout = ARTIFACT_TIMEOUT if op.kind in ("artifact", "image") else None
+        timeout = ARTIFACT_TIMEOUT if op.kind in ("artifact", "image", "table") else None
         with short_http(timeout):
             if op.kind == "metrics":
                 metrics = [m for o in ops for m in o.metrics]
@@ -110,19 +111,22 @@ class MlflowTracker(Tracker):
             elif op.kind == "params":
                 self._log_params(op.payload)
             elif op.kind == "tags":
-                tags = [
-                    RunTag(_key(k), redact(str(v))[:MAX_TAG_VALUE]) for k, v in op.payload.items()
-                ]
-                for i in range(0, len(tags), BATCH_PARAMS):
-                    self.client.log_batch(self._run_id, tags=tags[i : i + BATCH_PARAMS])
+                self._set_tags(op.payload)
             elif op.kind == "artifact":
                 self._log_artifact(Path(op.payload), op.extra)
             elif op.kind == "image":
                 key, step = op.extra
                 with Image.open(op.payload) as image:
                     self.client.log_image(self._run_id, image, key=key, step=step, synchronous=True)
+            elif op.kind == "table":
+                self._log_table(Path(op.payload), op.extra)
             elif op.kind == "terminate":
                 self.client.set_terminated(self._run_id, status=op.payload)
+
+    def _set_tags(self, values: Mapping[str, Any]) -> None:
+        tags = [RunTag(_key(k), redact(str(v))[:MAX_TAG_VALUE]) for k, v in values.items()]
+        for i in range(0, len(tags), BATCH_PARAMS):
+            self.client.log_batch(self._run_id, tags=tags[i : i + BATCH_PARAMS])
 
     def _log_artifact(self, path: Path, artifact_path: str | None) -> None:
         if path.is_dir():
@@ -131,6 +135,18 @@ class MlflowTracker(Tracker):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file to log as an artifact")
         self.client.log_artifact(self._run_id, str(path), artifact_path)
+
+    def _log_table(self, path: Path, artifact_dir: str) -> None:
+        """Upload a staged table and list it in the run's ``mlflow.loggedArtifacts`` tag, as
+        ``MlflowClient.log_table`` does, so ``load_table`` and the UI find it (while the tag
+        fits: past :data:`MAX_TAG_VALUE` characters the table is only an artifact)."""
+        self.client.log_artifact(self._run_id, str(path), artifact_dir)
+        entry = {"path": f"{artifact_dir}/{path.name}", "type": "table"}
+        logged = json.loads(self.client.get_run(self._run_id).data.tags.get(LOGGED_ARTIFACTS, "[]"))
+        if entry not in logged:
+            value = json.dumps([*logged, entry])
+            if len(value) <= MAX_TAG_VALUE:
+                self.client.set_tag(self._run_id, LOGGED_ARTIFACTS, value)
 
     def _start(self, tags: Mapping[str, str]) -> None:
         run_tags = {_key(k): redact(str(v))[:MAX_TAG_VALUE] for k, v in tags.items()}
@@ -231,6 +247,20 @@ class MlflowTracker(Tracker):
         plot_confusion_matrix(matrix, labels, as_png, title=title)
         self._queue.submit(Op("artifact", str(as_json), f"plots/{safe_path(key)}"))
         self._queue.submit(Op("image", str(as_png), (image_key(key), step)))
+
+    def log_table(
+        self,
+        key: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        step: int | None = None,
+    ) -> None:
+        """The table as ``tables/<key>/step-N.json`` in MLflow's table layout (``columns`` and
+        ``data``, as ``MlflowClient.log_table`` writes it)."""
+        data = table_rows(columns, rows)
+        staged = self._stage(step, ".json")
+        staged.write_text(json.dumps({"columns": list(columns), "data": data}))
+        self._queue.submit(Op("table", str(staged), f"tables/{safe_path(key)}"))
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         src = Path(path)

@@ -28,6 +28,28 @@ class RunSpec:
     resume_id: str | None = None
 
 
+def _plain(value: Any) -> Any:
+    """A table cell as a JSON value: numpy scalars become Python numbers, odd objects text."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    return str(value)
+
+
+def table_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """``rows`` as lists of JSON values; a ValueError when a row does not fit ``columns``."""
+    if not columns:
+        raise ValueError("a table needs at least one column")
+    out = []
+    for i, row in enumerate(rows):
+        if len(row) != len(columns):
+            raise ValueError(f"table row {i} has {len(row)} values for {len(columns)} columns")
+        out.append([_plain(v) for v in row])
+    return out
+
+
 class Tracker(ABC):
     """What the trainer and evaluator log to. Implementations never raise on backend failure
     outside :class:`~ssr.tracking.fanout.FanoutTracker`, which contains them."""
@@ -58,6 +80,17 @@ class Tracker(ABC):
         step: int | None = None,
     ) -> None:
         """Record the confusion matrix of ``y_true`` against ``y_pred``."""
+        return None  # a no-op unless the backend overrides it
+
+    def log_table(
+        self,
+        key: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        step: int | None = None,
+    ) -> None:
+        """Record a table (``rows`` of JSON-friendly values, one per column) under ``key`` at
+        ``step``, e.g. reference and hypothesis transcripts."""
         return None  # a no-op unless the backend overrides it
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ssr.redact import redact, redact_values
-from ssr.tracking.tracker import RunSpec, Tracker
+from ssr.tracking.tracker import RunSpec, Tracker, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,17 @@ class WandbTracker(Tracker):
             title=key,
         )
         self._log({key: plot}, EPOCH_AXIS, step)
+
+    def log_table(
+        self,
+        key: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        step: int | None = None,
+    ) -> None:
+        """A ``wandb.Table`` under ``key`` against the epoch axis at ``step``."""
+        data = table_rows(columns, rows)
+        self._log({key: self._wandb.Table(columns=list(columns), data=data)}, EPOCH_AXIS, step)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         src = Path(path)
