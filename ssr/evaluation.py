@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +31,15 @@ from ssr.metrics import (
 from ssr.plots import plot_confusion_matrix
 from ssr.progress import progress_bar
 from ssr.report import render_report
+from ssr.sentences.evaluation import (
+    SentenceEvalResult,
+    evaluate_sentences,
+    read_sentence_metrics,
+)
 from ssr.tracking.base import NullTracker, Tracker
 from ssr.training.checkpoint import check_features, load_checkpoint, restore_model
 from ssr.training.runtime import select_device
-from ssr.training.selection import early_best
+from ssr.training.selection import selection_of
 
 log = logging.getLogger(__name__)
 
@@ -104,22 +109,6 @@ def session_scores(
     return out
 
 
-def selection_of(state: dict[str, Any]) -> dict[str, Any] | None:
-    """``{"best_epoch", "num_epochs", "early_best"}`` from a training checkpoint's state, or
-    None for a checkpoint without them (older ones, hand-made ones)."""
-    best = state.get("best_epoch")
-    config = state.get("config")
-    training = config.get("training") if isinstance(config, dict) else None
-    num = training.get("num_epochs") if isinstance(training, dict) else None
-    if not (_integer(best) and _integer(num)):
-        return None
-    return {"best_epoch": best, "num_epochs": num, "early_best": early_best(best, num)}
-
-
-def _integer(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclass
 class EvalResult:
     """Scores of one checkpoint on one split, and where the outputs were written."""
@@ -185,9 +174,10 @@ def evaluate(
     device: str | torch.device = "auto",
     baseline: bool = True,
     state: dict[str, Any] | None = None,
-) -> EvalResult:
+) -> EvalResult | SentenceEvalResult:
     """Score ``checkpoint`` on ``split`` of ``processed_dir``; write metrics.json,
-    confusion_matrix.png, predictions.json and report.html to ``out_dir``.
+    confusion_matrix.png, predictions.json and report.html to ``out_dir``. A ``task:
+    sentences`` checkpoint is scored by :func:`ssr.sentences.evaluation.evaluate_sentences`.
 
     The model is rebuilt from the config stored in the checkpoint. The loss is plain
     cross-entropy (no label smoothing), so it is comparable across training configs. With
@@ -198,7 +188,12 @@ def evaluate(
     tracker = tracker or NullTracker()
     if state is None:
         state = load_checkpoint(checkpoint)
-    model, _, labels = restore_model(state, checkpoint)
+    model, cfg, labels = restore_model(state, checkpoint)
+    dev = device if isinstance(device, torch.device) else select_device(device)
+    if cfg.task == "sentences":
+        return evaluate_sentences(
+            checkpoint, split, processed_dir, out_dir, model, cfg, state, tracker, batch_size, dev
+        )
     data = ProcessedSplit(processed_dir, split)
     if data.label_names != labels:
         raise DataError(
@@ -210,7 +205,6 @@ def evaluate(
             checkpoint,
             processed_dir,
         )
-    dev = device if isinstance(device, torch.device) else select_device(device)
     model.to(dev)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate)
     out = predict(model, loader, dev, desc=f"evaluate {split}")
@@ -319,12 +313,15 @@ def _number(value: Any) -> bool:
 
 
 def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read an ``ssr evaluate`` ``metrics.json``; DataError naming the file and field if it is
-    not an object with numeric ``accuracy``, ``macro_f1`` and ``loss``, a ``labels`` list of
-    strings and a square integer ``confusion_matrix`` (and, if present, a numeric baseline,
-    ``per_session`` scores and the checkpoint's ``selection``)."""
+    """Read an ``ssr evaluate`` ``metrics.json`` (a sentence evaluation's is checked by
+    :func:`ssr.sentences.evaluation.read_sentence_metrics`); DataError naming the file and
+    field if it is not an object with numeric ``accuracy``, ``macro_f1`` and ``loss``, a
+    ``labels`` list of strings and a square integer ``confusion_matrix`` (and, if present, a
+    numeric baseline, ``per_session`` scores and the checkpoint's ``selection``)."""
     path = Path(path)
     metrics = read_json_object(path)
+    if metrics.get("task") == "sentences":
+        return read_sentence_metrics(path, metrics)
     for key in ("accuracy", "macro_f1", "loss"):
         if not _number(metrics.get(key)):
             raise DataError(f"{path}: {key!r} must be a number, got {metrics.get(key)!r}")

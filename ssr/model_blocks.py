@@ -14,12 +14,22 @@ from ssr.errors import DataError
 
 
 class AttentionBlock(nn.Module):
-    """Pre-norm transformer layer: self-attention then a feed-forward network, both residual."""
+    """Pre-norm transformer layer: self-attention then a feed-forward network, both residual.
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float) -> None:
+    ``attention_dropout`` (default: ``dropout``) drops attention weights; 0 lets PyTorch use
+    its fused attention kernels on CPU, where dropout inside attention takes the slow path.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        dropout: float,
+        attention_dropout: float | None = None,
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.dropout = dropout
+        self.dropout = dropout if attention_dropout is None else attention_dropout
         self.attn_norm = nn.LayerNorm(hidden_size)
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.attn_out = nn.Linear(hidden_size, hidden_size)

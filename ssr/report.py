@@ -16,7 +16,7 @@ from typing import Any
 from ssr.metrics import MACRO_F1_CONVENTION
 
 
-def _row(cells: list[str], tag: str = "td", cls: str = "") -> str:
+def row(cells: list[str], tag: str = "td", cls: str = "") -> str:
     attr = f' class="{cls}"' if cls else ""
     return f"<tr{attr}>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
 
@@ -25,7 +25,7 @@ def session_table(per_session: dict[str, dict[str, Any]]) -> str:
     """The per-session table; rows where the model loses to the baseline are marked."""
     if not per_session:
         return ""
-    rows = [_row(["session", "utterances", "model", "baseline", "gain", ""], "th")]
+    rows = [row(["session", "utterances", "model", "baseline", "gain", ""], "th")]
     losses = 0
     for name, s in per_session.items():
         base = s.get("baseline_accuracy")
@@ -40,7 +40,7 @@ def session_table(per_session: dict[str, dict[str, Any]]) -> str:
             "-" if gain is None else f"{100 * gain:+.1f}",
             "model loses" if loses else "",
         ]
-        rows.append(_row(cells, cls="loses" if loses else ""))
+        rows.append(row(cells, cls="loses" if loses else ""))
     note = (
         f"<p>The model loses to the baseline on {losses} of {len(per_session)} sessions "
         "(marked).</p>"
@@ -67,13 +67,13 @@ def selection_warning(selection: dict[str, Any] | None) -> str:
 def render_report(metrics: dict[str, Any], confusion_png: str | Path | None = None) -> str:
     """HTML for ``metrics`` (the ``metrics.json`` object of ``ssr evaluate``)."""
     split = html.escape(str(metrics["split"]))
-    rows = [_row(["", "accuracy", "macro-F1"], "th")]
-    rows.append(_row(["model", f"{metrics['accuracy']:.4f}", f"{metrics['macro_f1']:.4f}"]))
+    rows = [row(["", "accuracy", "macro-F1"], "th")]
+    rows.append(row(["model", f"{metrics['accuracy']:.4f}", f"{metrics['macro_f1']:.4f}"]))
     baseline = metrics.get("baseline")
     verdict = ""
     if baseline:
         rows.append(
-            _row(
+            row(
                 [
                     f"baseline: {html.escape(baseline['name'])}",
                     f"{baseline['accuracy']:.4f}",
@@ -84,10 +84,10 @@ def render_report(metrics: dict[str, Any], confusion_png: str | Path | None = No
         gain = metrics["accuracy"] - baseline["accuracy"]
         word = "beats" if gain > 0 else "does not beat"
         verdict = f"<p><b>The model {word} the baseline</b> by {100 * gain:+.1f} points.</p>"
-    per_class = [_row(["class", "precision", "recall", "F1", "support"], "th")]
+    per_class = [row(["class", "precision", "recall", "F1", "support"], "th")]
     for name, m in metrics["per_class"].items():
         per_class.append(
-            _row(
+            row(
                 [
                     html.escape(name),
                     f"{m['precision']:.3f}",

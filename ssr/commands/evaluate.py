@@ -29,13 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ssr.evaluation import default_out_dir, evaluate
+    from ssr.sentences.evaluation import SentenceEvalResult
     from ssr.storage import localize
     from ssr.training.checkpoint import load_checkpoint, stored_config
 
     cfg = config_from_args(args)
     state = load_checkpoint(args.checkpoint, cfg.storage)
     # the run is named after (and logs) the model evaluated: the checkpoint's, not the CLI's
-    cfg = cfg.model_copy(update={"model": stored_config(state, args.checkpoint).model})
+    stored = stored_config(state, args.checkpoint)
+    cfg = cfg.model_copy(update={"model": stored.model, "task": stored.task})
     # An s3:// data set is mirrored into the local cache (only changed objects are fetched);
     # the config, as logged, keeps the URI the user gave.
     data = str(localize(cfg.data.processed_dir, cfg.storage.cache_dir, cfg.storage))
@@ -57,6 +59,16 @@ def run(args: argparse.Namespace) -> int:
         status = "FINISHED"
     finally:
         tracker.finish(status)
+    if isinstance(result, SentenceEvalResult):
+        m = result.metrics()
+        base = m.get("baseline")
+        print(
+            f"{args.split}: WER {result.wer:.4f}, CER {result.cer:.4f} (lexicon + LM), greedy "
+            f"WER {m['greedy']['wer']:.4f}, CER {m['greedy']['cer']:.4f}"
+            + (f"; baseline WER {base['wer']:.4f}" if base else "")
+            + f" ({result.num_samples} utterances) -> {out}"
+        )
+        return 0
     print(
         f"{args.split}: accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}, "
         f"loss {result.loss:.4f} ({result.num_samples} utterances) -> {out}"

@@ -2,12 +2,15 @@
 CTC head, for ``task: sentences``.
 
 Each frame's log band powers are centred per utterance (``model.centring``, as in
-:class:`ssr.model.SpatiotemporalTransformer`) and projected per electrode to ``hidden_size``;
-a strided convolution over time, shared by the electrodes, keeps one frame in
-``model.subsample`` (about 50 output frames per second from a 10 ms hop with subsample 2, so a
-character spans several frames). The factorised blocks then attend across the electrodes of
-each frame and across the frames of each electrode, and every output frame's electrode vectors
-are concatenated into logits over the units (the CTC blank first).
+:class:`ssr.model.SpatiotemporalTransformer`) and projected per electrode to ``hidden_size``
+with a learned electrode embedding. A strided convolution over time, shared by the electrodes,
+keeps one frame in ``model.subsample`` (about 50 output frames per second from a 10 ms hop with
+subsample 2, so a character spans several frames). One spatial attention block then attends
+across the electrodes of each output frame, the electrodes' vectors are merged into one frame
+vector, and ``num_layers`` temporal blocks attend across the frames (padding masked) before a
+linear CTC head over the units (the blank first). Attending across frames once per utterance
+rather than once per electrode keeps a sentence model trainable on a CPU; attention weights are
+not dropped (the residual branches are), so CPU attention uses its fused kernels.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import nn
 
 from ssr.architectures import register_architecture
 from ssr.config import ModelConfig
-from ssr.model_blocks import FactorisedBlock, check_model_input, sinusoidal_encoding
+from ssr.model_blocks import AttentionBlock, check_model_input, sinusoidal_encoding
 from ssr.sentences.units import output_frames
 
 
@@ -36,28 +39,30 @@ class CTCTransformer(nn.Module):
             raise ValueError(f"need the blank and at least one unit, got {num_units}")
         self.cfg = cfg.model_copy()
         self.num_classes = num_units
-        h, s = cfg.hidden_size, cfg.subsample
+        h, s, p = cfg.hidden_size, cfg.subsample, cfg.dropout
         self.input_proj = nn.Linear(cfg.input_size, h)
         self.electrode_embedding = nn.Embedding(cfg.num_channels, h)
         self.subsample = nn.Conv1d(h, h, kernel_size=2 * s + 1, stride=s, padding=s)
+        self.spatial = AttentionBlock(h, cfg.num_heads, p, attention_dropout=0.0)
+        self.merge = nn.Linear(cfg.num_channels * h, h)
         self.register_buffer(
             "position_encoding",
             sinusoidal_encoding(output_frames(cfg.max_frames, s), h),
             persistent=False,
         )
-        self.input_dropout = nn.Dropout(cfg.dropout)
+        self.input_dropout = nn.Dropout(p)
         self.blocks = nn.ModuleList(
-            FactorisedBlock(h, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers)
+            AttentionBlock(h, cfg.num_heads, p, attention_dropout=0.0)
+            for _ in range(cfg.num_layers)
         )
         self.final_norm = nn.LayerNorm(h)
-        self.head = nn.Linear(cfg.num_channels * h, num_units)
-        std = 0.02 / math.sqrt(4 * len(self.blocks))
-        for block in self.blocks:
-            assert isinstance(block, FactorisedBlock)
-            for layer in (block.spatial, block.temporal):
-                for out in (layer.attn_out, layer.ff_out):
-                    nn.init.normal_(out.weight, std=std)
-                    nn.init.zeros_(out.bias)
+        self.head = nn.Linear(h, num_units)
+        std = 0.02 / math.sqrt(2 * (len(self.blocks) + 1))  # 2 residual branches per block
+        for layer in (self.spatial, *self.blocks):
+            assert isinstance(layer, AttentionBlock)
+            for out in (layer.attn_out, layer.ff_out):
+                nn.init.normal_(out.weight, std=std)
+                nn.init.zeros_(out.bias)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Output frames per utterance for input ``lengths`` (B,)."""
@@ -83,18 +88,17 @@ class CTCTransformer(nn.Module):
         # padding frames are zero going into the strided convolution, as its own padding is
         h = (self.input_proj(x) + self.electrode_embedding.weight) * valid  # (B, T, C, H)
         hd = h.shape[-1]
-        h = h.permute(0, 2, 3, 1).reshape(b * c, hd, t)
-        h = F.gelu(self.subsample(h))  # (B*C, H, T')
+        h = F.gelu(self.subsample(h.permute(0, 2, 3, 1).reshape(b * c, hd, t)))  # (B*C, H, T')
         t_out = h.shape[-1]
-        h = h.view(b, c, hd, t_out).permute(0, 3, 1, 2)  # (B, T', C, H)
-        h = h + self.position_encoding[:t_out].to(h.dtype)[None, :, None, :]
+        h = h.view(b, c, hd, t_out).permute(0, 3, 1, 2).reshape(b * t_out, c, hd)
+        h = self.spatial(h).view(b, t_out, c * hd)  # across the electrodes of each frame
+        h = self.merge(h) + self.position_encoding[:t_out].to(h.dtype)[None]
         h = self.input_dropout(h)
-        lengths = (~padding_mask).sum(dim=1)
         out_mask = (
-            torch.arange(t_out, device=x.device)[None, :] >= self.output_lengths(lengths)[:, None]
+            torch.arange(t_out, device=x.device)[None, :]
+            >= self.output_lengths((~padding_mask).sum(dim=1))[:, None]
         )
         for block in self.blocks:
             h = block(h, out_mask)
-        h = self.final_norm(h)
-        logits: torch.Tensor = self.head(h.flatten(2))
+        logits: torch.Tensor = self.head(self.final_norm(h))
         return logits

@@ -167,9 +167,9 @@ def training_overrides(checkpoint_dir: str, run_id: str, epochs: int) -> list[st
 def export_best(checkpoint_dir: str, model_path: str, storage: Any, run_id: str) -> dict[str, Any]:
     """Copy ``<checkpoint_dir>/best_model.pth`` to ``model_path``; what the step reports,
     including ``early_best`` (the best epoch lies in the first tenth of the epoch budget)."""
-    from ssr.evaluation import selection_of
     from ssr.storage import download_to, join
     from ssr.training.checkpoint import BEST, load_checkpoint
+    from ssr.training.selection import selection_of
 
     download_to(join(checkpoint_dir, BEST), model_path, storage)
     state = load_checkpoint(model_path)

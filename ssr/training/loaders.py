@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 from ssr.config import Config
 from ssr.data.processed import ProcessedSplit, collate
 from ssr.errors import ConfigError
+from ssr.sentences.lm import LanguageModel, build_language_model, read_lm_text
 from ssr.storage import is_s3, localize
 from ssr.training.distributed import DistInfo
 from ssr.training.signals import worker_ignores_sigterm
@@ -49,6 +50,12 @@ def load_splits(cfg: Config, world_size: int) -> Splits:
     train_set = ProcessedSplit(root, "train")
     val_set = ProcessedSplit(root, "val")
     manifest = train_set.manifest
+    if train_set.task != cfg.task:
+        raise ConfigError(
+            f"{root}/manifest.json: the data set was preprocessed for task {train_set.task}, "
+            f"the config says task={cfg.task}; preprocess again with task={cfg.task} or set "
+            f"task={train_set.task}"
+        )
     labels: list[str] = list(manifest["labels"])
     for key in ("num_channels", "input_size"):
         if key in manifest and int(manifest[key]) != getattr(cfg.model, key):
@@ -117,3 +124,12 @@ def make_loaders(
     return Loaders(
         sampler_generator, loader_generator, train_sampler, train_loader, val_loader, val_indices
     )
+
+
+def training_language_model(cfg: Config, transcripts: list[str]) -> LanguageModel:
+    """The word language model and lexicon of a sentence training: the training transcripts
+    plus the sentences of ``decoding.lm_text`` (when set), of order ``decoding.lm_order``."""
+    text = list(transcripts)
+    if cfg.decoding.lm_text:
+        text += read_lm_text(cfg.decoding.lm_text, cfg.storage)
+    return build_language_model(text, cfg.decoding.lm_order)

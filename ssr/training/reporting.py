@@ -26,7 +26,7 @@ from ssr.training.checkpoint import BEST
 from ssr.training.distributed import DistInfo
 from ssr.training.runtime import precision_name
 from ssr.training.validation import SessionScore, worst_session
-from ssr.training.validation_plots import plot_validation
+from ssr.training.validation_plots import plot_sentence_validation, plot_validation
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,12 @@ class Reporting:
 
     def _visualise(self, val: dict[str, Any]) -> None:
         outdir = self._output_dir()
-        plot_validation(val, self.labels, self.val_set, outdir, self.epoch, self.tracker)
+        if self.cfg.task == "sentences":
+            plot_sentence_validation(
+                val, self.model, self.labels, self.val_set, outdir, self.epoch, self.tracker
+            )
+        else:
+            plot_validation(val, self.labels, self.val_set, outdir, self.epoch, self.tracker)
         self._publish_outputs()
 
     def _start_run(self) -> None:
@@ -98,20 +103,25 @@ class Reporting:
     def _report_epoch(self, val: dict[str, Any], row: dict[str, float], improved: bool) -> None:
         """Rank 0: log the epoch's metrics, plot every ``training.viz_interval`` epochs."""
         sessions: list[SessionScore] = val.get("sessions") or []
+        sentences = self.cfg.task == "sentences"
         several = ""
         if len(sessions) > 1:
             worst = worst_session(sessions)
+            score = f"CER {1 - worst.accuracy:.3f}" if sentences else f"acc {worst.accuracy:.3f}"
             several = (
                 f", session-mean val loss {val['session_mean_loss']:.4f}, worst of "
-                f"{len(sessions)} sessions {worst.name} acc {worst.accuracy:.3f}"
+                f"{len(sessions)} sessions {worst.name} {score}"
             )
+        if sentences:
+            quality = f"val CER {val['cer']:.3f}, WER {val['wer']:.3f} (greedy)"
+        else:
+            quality = f"val acc {val['accuracy']:.3f}, macro-F1 {val['macro_f1']:.3f}"
         log.info(
-            "epoch %d: train loss %.4f, val loss %.4f, val acc %.3f, macro-F1 %.3f%s, lr %.3g%s",
+            "epoch %d: train loss %.4f, val loss %.4f, %s%s, lr %.3g%s",
             self.epoch,
             row["train_loss"],
             val["loss"],
-            val["accuracy"],
-            val["macro_f1"],
+            quality,
             several,
             row["lr"],
             " (best)" if improved else "",

@@ -84,7 +84,13 @@ class CheckpointState:
             "history": list(self.history),
             "world_size": self.dist.world_size,
             "epoch_progress": dict(self._epoch_progress) if self._interrupted else None,
+            **self._language_model_state(),
         }
+
+    def _language_model_state(self) -> dict[str, Any]:
+        # task sentences: the lexicon and n-gram LM travel with the weights
+        lm = getattr(self, "language_model", None)
+        return {} if lm is None else {"language_model": lm.to_state()}
 
     def _generator_states(self) -> dict[str, torch.Tensor]:
         # Mid-epoch: the states at the epoch's start, so a resume replays the same shuffle.

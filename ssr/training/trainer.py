@@ -31,8 +31,15 @@ from ssr.storage import CheckpointPublisher
 from ssr.tracking.base import NullTracker, Tracker
 from ssr.training import distributed
 from ssr.training.augment import augment_batch
+from ssr.training.ctc import (
+    check_task_model,
+    ctc_loss,
+    output_lengths,
+    predict_transcripts,
+    summarise,
+)
 from ssr.training.early_stopping import EarlyStopping
-from ssr.training.loaders import load_splits, make_loaders
+from ssr.training.loaders import load_splits, make_loaders, training_language_model
 from ssr.training.reporting import Reporting
 from ssr.training.runtime import (
     TrainingError,
@@ -98,6 +105,7 @@ class Trainer(CheckpointState, Reporting):
         self.publisher: CheckpointPublisher | None = None
         self.global_step = 0
         self.epoch = 0
+        self.sentences = cfg.task == "sentences"
 
     # -- stopping on request (e.g. a SIGTERM handler) ------------------------------------------
     def request_stop(self, now: bool = False) -> None:
@@ -113,11 +121,21 @@ class Trainer(CheckpointState, Reporting):
     def stop_requested(self) -> bool:
         return self._stop
 
+    @property
+    def _row_metrics(self) -> tuple[str, ...]:
+        """The validation metrics of each epoch's history row besides the losses."""
+        if self.sentences:
+            return ("cer", "wer", "worst_session_cer")
+        return ("accuracy", "worst_session_accuracy", "macro_f1")
+
     # -- set-up --------------------------------------------------------------------------------
     def _load_data(self) -> None:
         splits = load_splits(self.cfg, self.dist.world_size)
         self.train_set, self.val_set = splits.train_set, splits.val_set
         self.manifest, self.labels = splits.manifest, splits.labels
+        self.language_model = None
+        if self.sentences:  # built from the training transcripts (+ decoding.lm_text)
+            self.language_model = training_language_model(self.cfg, self.train_set.texts)
 
     def _loaders(self) -> None:
         lo = make_loaders(self.cfg, self.train_set, self.val_set, self.device, self.dist)
@@ -128,6 +146,7 @@ class Trainer(CheckpointState, Reporting):
     def _build(self) -> None:
         tc = self.cfg.training
         self.model = build_model(self.cfg.model, len(self.labels)).to(self.device)
+        check_task_model(self.model, self.cfg)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
         )
@@ -171,7 +190,10 @@ class Trainer(CheckpointState, Reporting):
             batch = batch.to(self.device, non_blocking=True)
             with autocast(self.device, self.amp_dtype):
                 logits = self.train_model(batch.x, batch.padding_mask())
-            loss = self.criterion(logits.float(), batch.labels)
+            if self.sentences:
+                loss = ctc_loss(logits, output_lengths(self.model, batch.lengths), batch)
+            else:
+                loss = self.criterion(logits.float(), batch.labels)
             value, n = float(loss.detach()), len(batch.labels)
             # Before backward, one all-reduce: a bad loss on any rank stops every rank here.
             step = distributed.share_step(
@@ -222,9 +244,16 @@ class Trainer(CheckpointState, Reporting):
         so that no single session decides. Per-utterance arrays are in dataset order.
         """
         with distributed.shared_failure(f"validating epoch {self.epoch}"):
-            out = predict(self.model, self.val_loader, self.device, self.amp_dtype)
+            if self.sentences:
+                out = predict_transcripts(
+                    self.model, self.val_loader, self.device, self.labels, self.amp_dtype
+                )
+            else:
+                out = predict(self.model, self.val_loader, self.device, self.amp_dtype)
             out["index"] = np.asarray(self.val_indices, dtype=np.int64)
         merged = in_dataset_order(distributed.gather_objects(out), len(self.val_set))
+        if self.sentences:
+            return summarise(self.val_set.ids, self.val_set.texts, merged)
         cm = confusion_matrix(merged["true"], merged["pred"], len(self.labels))
         sessions = session_scores(self.val_set.ids, merged["loss"], merged["true"], merged["pred"])
         return {
@@ -295,9 +324,7 @@ class Trainer(CheckpointState, Reporting):
                 "train_loss": train_loss,
                 "val_loss": val["loss"],
                 "val_session_mean_loss": val["session_mean_loss"],
-                "val_accuracy": val["accuracy"],
-                "val_worst_session_accuracy": val["worst_session_accuracy"],
-                "val_macro_f1": val["macro_f1"],
+                **{f"val_{k}": val[k] for k in self._row_metrics},
                 "lr": lr,
             }
             self.history.append(row)
