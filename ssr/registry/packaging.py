@@ -1,9 +1,12 @@
 """How a registered model is packaged: the raw-EMG pyfunc logged as code with the ``ssr``
-package and public pinned requirements, its signature and example, and the PyTorch flavour."""
+package and public pinned requirements, its signature and example, a sentence model's lexicon,
+language model and decoding settings, and the PyTorch flavour."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,28 +23,41 @@ from mlflow.types.schema import AnyType, Array, ColSpec, Schema, TensorSpec
 import ssr
 from ssr.config import Config
 from ssr.data.processed import ProcessedSplit
-from ssr.errors import RegistryError
-from ssr.registry.pyfunc_model import EmgClassifier
+from ssr.errors import CheckpointError, DataError, RegistryError
+from ssr.registry.pyfunc_model import DECODING, LANGUAGE_MODEL, LEXICON, EmgClassifier
 from ssr.registry.safe_load import MODEL_CODE, MODEL_CODE_FILE
+from ssr.registry.transcriber import decoding_info
+from ssr.sentences.lm import WORDS_NAME, LanguageModel
+from ssr.training.checkpoint import stored_config
 
 EXAMPLE_ROWS = 2
+EXAMPLE_FRAMES = {"words": 8, "sentences": 100}  # frames of the longest example recording
 SERVING_REQUIREMENTS = Path(__file__).with_name("serving-requirements.txt")
 
 
 def example_input(split: ProcessedSplit) -> pd.DataFrame:
-    """A small raw-EMG example: synthetic noise shaped like the test recordings."""
+    """A small raw-EMG example: synthetic noise shaped like the test recordings (of a sentence
+    data set: up to 1 s at a 10 ms hop, the rows of different lengths)."""
     channels = int(split.manifest["num_channels"])
     pre = split.manifest["preprocessing"]
+    longest = EXAMPLE_FRAMES.get(split.task, EXAMPLE_FRAMES["words"])
     frames = [int(n) for n in split.lengths[:EXAMPLE_ROWS]]
+    if split.task == "sentences":  # rows of different lengths, as recordings are
+        frames = [max(1, min(n, longest) // (row + 1)) for row, n in enumerate(frames)]
     rng = np.random.default_rng(0)
     rows = []
     for n in frames:
-        samples = int(pre["window_size"]) + (min(n, 8) - 1) * int(pre["hop_length"])
+        samples = int(pre["window_size"]) + (min(n, longest) - 1) * int(pre["hop_length"])
         rows.append(rng.standard_normal((samples, channels)).astype(np.float32).tolist())
     return pd.DataFrame({"emg": rows})
 
 
-def pytorch_signature(channels: int, bins: int, classes: int) -> ModelSignature:
+def pytorch_signature(
+    channels: int, bins: int, classes: int, per_frame: bool = False
+) -> ModelSignature:
+    """Inputs ``x`` (B, T, C, F) and ``padding_mask`` (B, T); output ``logits`` (B, classes),
+    or (B, T', units) for a CTC model (``per_frame``)."""
+    out_shape = (-1, -1, classes) if per_frame else (-1, classes)
     return ModelSignature(
         inputs=Schema(
             [
@@ -49,8 +65,35 @@ def pytorch_signature(channels: int, bins: int, classes: int) -> ModelSignature:
                 TensorSpec(np.dtype(bool), (-1, -1), "padding_mask"),
             ]
         ),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes), "logits")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), out_shape, "logits")]),
     )
+
+
+def sentence_artifacts(
+    state: dict[str, Any], directory: str | os.PathLike[str], source: str = "checkpoint"
+) -> dict[str, str]:
+    """The artifacts a ``task: sentences`` checkpoint adds to the pyfunc (``{}`` for a word
+    checkpoint): its ``language_model`` written as ``lm.arpa`` and ``words.txt`` and its
+    decoding settings as ``decoding.json``, in ``directory``; keys as the pyfunc reads them.
+    A sentence checkpoint without a usable language model is a :class:`CheckpointError`."""
+    cfg = stored_config(state, source)
+    if cfg.task != "sentences":
+        return {}
+    if "language_model" not in state:
+        raise CheckpointError(f"{source}: a task sentences checkpoint without 'language_model'")
+    try:
+        lm = LanguageModel.from_state(state["language_model"], source)
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None
+    folder = Path(directory) / "sentences"
+    arpa = lm.write(folder)
+    info = folder / "decoding.json"
+    info.write_text(json.dumps(decoding_info(cfg.decoding, lm), sort_keys=True))
+    return {
+        LANGUAGE_MODEL: str(arpa),
+        LEXICON: str(arpa.with_name(WORDS_NAME)),
+        DECODING: str(info),
+    }
 
 
 def serving_distributions() -> list[str]:
@@ -134,7 +177,8 @@ def pyfunc_signature(
 def log_pytorch(
     model: torch.nn.Module, split: ProcessedSplit, train_cfg: Config, classes: int
 ) -> None:
-    """The network in the PyTorch flavour (a ``torch.export`` program, loads without pickle)."""
+    """The network in the PyTorch flavour (a ``torch.export`` program, loads without pickle);
+    a sentence model's output is per frame (B, T', units)."""
     lengths = [int(n) for n in split.lengths[:2]]
     while len(lengths) < 2:
         lengths.append(lengths[0])
@@ -148,7 +192,7 @@ def log_pytorch(
         model,
         name="pytorch-model",
         input_example=(x, mask),
-        signature=pytorch_signature(c, f, classes),
+        signature=pytorch_signature(c, f, classes, per_frame=train_cfg.task == "sentences"),
         serialization_format="pt2",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
     )

@@ -1,4 +1,5 @@
-"""The shipped model: an MLflow ``pyfunc`` that takes raw EMG and returns word probabilities.
+"""The shipped model: an MLflow ``pyfunc`` that takes raw EMG and returns word probabilities
+(``task: words``) or transcripts (``task: sentences``).
 
 Preprocessing travels with the weights: the model carries the processed data set's manifest
 and rebuilds the same :class:`~ssr.data.features.FeatureExtractor` (filters, normalisation,
@@ -6,8 +7,11 @@ spectral bands) that produced the training features.
 
 Input: a pandas DataFrame, one row per recording, column ``emg`` holding the samples as a
 nested list / 2-D array (time, channels) at the model's sampling rate, and an optional column
-``sampling_rate`` (Hz) that must equal it. Output: a DataFrame with ``label`` (the most
-probable word), ``confidence`` (its probability) and one ``p_<label>`` column per class.
+``sampling_rate`` (Hz) that must equal it. Output of a word model: a DataFrame with ``label``
+(the most probable word), ``confidence`` (its probability) and one ``p_<label>`` column per
+class. Output of a sentence model (one that carries the :mod:`ssr.registry.transcriber`
+artifacts): ``text`` (beam search with the model's lexicon and language model),
+``confidence`` (in [0, 1]) and ``greedy_text`` (best path, no language model).
 
 Input a model cannot use (wrong channel count, NaN, too short or too long, another sampling
 rate, not a numeric array) raises :class:`InvalidInputError`: a :class:`~ssr.errors.DataError` that
@@ -22,8 +26,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,9 +40,16 @@ from mlflow.pyfunc import PyFuncModel, PythonModel, PythonModelContext
 from ssr.errors import DataError, RegistryError
 from ssr.registry.safe_load import load_checked
 
+if TYPE_CHECKING:
+    from ssr.registry.transcriber import Transcriber
+
 WEIGHTS = "weights"  # artifact keys
 MODEL_INFO = "model_info"
 MANIFEST = "manifest"
+LANGUAGE_MODEL = "language_model"  # sentence models only (ssr.registry.transcriber)
+LEXICON = "lexicon"
+DECODING = "decoding"
+SENTENCE_ARTIFACTS = (LANGUAGE_MODEL, LEXICON, DECODING)
 BATCH_SIZE = 16
 FEATURE_KEYS = ("preprocessing", "input_size", "num_channels", "normalization")
 
@@ -60,7 +72,10 @@ def feature_params(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 class EmgClassifier(PythonModel):
-    """Raw EMG recordings -> label, confidence and per-class probabilities."""
+    """Raw EMG recordings -> label, confidence and per-class probabilities; or, for a sentence
+    model, -> transcript, confidence and best-path transcript."""
+
+    transcriber: Transcriber | None = None
 
     def load_context(self, context: PythonModelContext) -> None:
         from safetensors.torch import load_file
@@ -77,6 +92,23 @@ class EmgClassifier(PythonModel):
         model.load_state_dict(load_file(context.artifacts[WEIGHTS], device="cpu"))
         self.model = model.eval()
         self.extractor = FeatureExtractor.from_manifest(self.manifest)
+        self.transcriber = None
+        if DECODING in context.artifacts:
+            # not at the top: a word model needs neither KenLM nor flashlight-text
+            from ssr.registry.transcriber import Transcriber
+
+            missing = [k for k in SENTENCE_ARTIFACTS if k not in context.artifacts]
+            if missing:
+                raise RegistryError(f"sentence model without artifact(s) {missing}")
+            if not callable(getattr(self.model, "output_lengths", None)):
+                raise RegistryError(f"sentence model of model.arch={self.model_cfg.arch}: not CTC")
+            files = [context.artifacts[k] for k in SENTENCE_ARTIFACTS]
+            self.transcriber = Transcriber.from_files(self.labels, *files)
+
+    @property
+    def task(self) -> str:
+        """``sentences`` when the model transcribes, else ``words``."""
+        return "words" if self.transcriber is None else "sentences"
 
     @property
     def max_samples(self) -> int:
@@ -142,10 +174,10 @@ class EmgClassifier(PythonModel):
         names = sources or [f"row {i}" for i in range(len(recordings))]
         return [self.extractor(emg, name) for emg, name in zip(recordings, names, strict=True)]
 
-    @torch.inference_mode()
-    def predict_features(self, features: list[np.ndarray]) -> np.ndarray:
-        """Class probabilities (N, classes) for feature arrays (frames, channels, bands)."""
-        out = np.zeros((len(features), len(self.labels)), dtype=np.float64)
+    def _batches(
+        self, features: list[np.ndarray]
+    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Padded batches of similar lengths: (indices, x, padding mask, lengths)."""
         order = sorted(range(len(features)), key=lambda i: features[i].shape[0])
         for start in range(0, len(order), BATCH_SIZE):
             idx = order[start : start + BATCH_SIZE]
@@ -155,9 +187,34 @@ class EmgClassifier(PythonModel):
             for row, i in enumerate(idx):
                 x[row, : lengths[row]] = torch.from_numpy(np.asarray(features[i], np.float32))
             mask = torch.arange(x.shape[1])[None, :] >= lengths[:, None]
+            yield idx, x, mask, lengths
+
+    @torch.inference_mode()
+    def predict_features(self, features: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities (N, classes) for feature arrays (frames, channels, bands)."""
+        out = np.zeros((len(features), len(self.labels)), dtype=np.float64)
+        for idx, x, mask, _ in self._batches(features):
             probs = torch.softmax(self.model(x, mask).float(), dim=-1)
             out[idx] = probs.numpy()
         return out
+
+    @torch.inference_mode()
+    def emissions(self, features: list[np.ndarray]) -> list[np.ndarray]:
+        """A sentence model's per-frame unit log-probabilities, (output frames, units) float32
+        per feature array (frames, channels, bands)."""
+        out: list[np.ndarray] = [np.zeros((0, len(self.labels)), np.float32)] * len(features)
+        for idx, x, mask, lengths in self._batches(features):
+            log_probs = torch.log_softmax(self.model(x, mask).float(), dim=-1).numpy()
+            frames = getattr(self.model, "output_lengths")(lengths).tolist()  # noqa: B009
+            for row, i in enumerate(idx):
+                out[i] = np.ascontiguousarray(log_probs[row, : frames[row]])
+        return out
+
+    def predict_frame(self, features: list[np.ndarray]) -> pd.DataFrame:
+        """The output DataFrame for feature arrays: word probabilities, or transcripts."""
+        if self.transcriber is None:
+            return self.to_frame(self.predict_features(features))
+        return self.transcriber.frame(self.emissions(features))
 
     def to_frame(self, probs: np.ndarray) -> pd.DataFrame:
         """The output DataFrame for a probability matrix."""
@@ -175,13 +232,14 @@ class EmgClassifier(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        """Classify each row's raw EMG recording (all rows are checked before any runs)."""
+        """Classify or transcribe each row's raw EMG recording (all rows are checked before
+        any runs)."""
         recordings = self._recordings(model_input)
         try:
             features = self.featurise(recordings)
         except DataError as exc:
             raise InvalidInputError(str(exc)) from None
-        return self.to_frame(self.predict_features(features))
+        return self.predict_frame(features)
 
 
 def load_pyfunc(model_uri: str) -> tuple[PyFuncModel, EmgClassifier]:
@@ -216,18 +274,16 @@ def _raw_path(source: str, test_dir: str | os.PathLike[str]) -> Path:
     )
 
 
-def correctness_on_test_split(
+def _test_split(
     model_uri: str,
     processed_dir: str | os.PathLike[str],
-    test_dir: str | os.PathLike[str] = "data/test",
-    expected_fingerprint: str | None = None,
-) -> np.ndarray:
-    """Per-utterance correctness (bool) of a registered model on a processed test split.
-
-    When the model's preprocessing equals the data set's, the stored features are used;
-    otherwise the model featurises the raw recordings itself (from ``test_dir``). With
-    ``expected_fingerprint``, a data set with another fingerprint is refused.
-    """
+    test_dir: str | os.PathLike[str],
+    expected_fingerprint: str | None,
+) -> tuple[EmgClassifier, Any, list[np.ndarray]]:
+    """The model, the processed test split and its features as the model sees them: the stored
+    ones when the model's preprocessing equals the data set's, else the raw recordings (from
+    ``test_dir``) featurised by the model. A data set whose fingerprint differs from
+    ``expected_fingerprint`` (when given) is refused."""
     # not at the top: they load tqdm, which the model's serving environment does not hold
     from ssr.data.formats import read_native
     from ssr.data.processed import ProcessedSplit
@@ -241,15 +297,45 @@ def correctness_on_test_split(
         )
     model = load_classifier(model_uri)
     if feature_params(model.manifest) == feature_params(split.manifest):
-        features = [split[i][0].numpy() for i in range(len(split))]
-    else:
-        features = []
-        for source in split.ids:
-            path = _raw_path(source, test_dir)
-            emg = read_native(path).emg if path.suffix == ".npz" else np.load(path)
-            features.append(model.extractor(emg, str(path)))
+        return model, split, [split[i][0].numpy() for i in range(len(split))]
+    features = []
+    for source in split.ids:
+        path = _raw_path(source, test_dir)
+        emg = read_native(path).emg if path.suffix == ".npz" else np.load(path)
+        features.append(model.extractor(emg, str(path)))
+    return model, split, features
+
+
+def correctness_on_test_split(
+    model_uri: str,
+    processed_dir: str | os.PathLike[str],
+    test_dir: str | os.PathLike[str] = "data/test",
+    expected_fingerprint: str | None = None,
+) -> np.ndarray:
+    """Per-utterance correctness (bool) of a registered model on a processed test split.
+
+    When the model's preprocessing equals the data set's, the stored features are used;
+    otherwise the model featurises the raw recordings itself (from ``test_dir``). With
+    ``expected_fingerprint``, a data set with another fingerprint is refused.
+    """
+    model, split, features = _test_split(model_uri, processed_dir, test_dir, expected_fingerprint)
     probs = model.predict_features(features)
     names = split.label_names
     truth = [names[int(i)] for i in split.labels]
     predicted = [model.labels[int(i)] for i in probs.argmax(axis=1)]
     return np.array([p == t for p, t in zip(predicted, truth, strict=True)], dtype=bool)
+
+
+def transcripts_on_test_split(
+    model_uri: str,
+    processed_dir: str | os.PathLike[str],
+    test_dir: str | os.PathLike[str] = "data/test",
+    expected_fingerprint: str | None = None,
+) -> list[str]:
+    """A registered sentence model's transcript (beam search with its lexicon and language
+    model: the ``text`` it answers with) of each utterance of a processed test split, in split
+    order; features as in :func:`correctness_on_test_split`."""
+    model, _, features = _test_split(model_uri, processed_dir, test_dir, expected_fingerprint)
+    if model.transcriber is None:
+        raise RegistryError(f"{model_uri}: a word model; it has no transcripts")
+    return [str(text) for text in model.predict_frame(features)["text"]]
