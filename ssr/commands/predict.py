@@ -1,10 +1,13 @@
-"""``ssr predict``: classify raw EMG recordings with a registered model.
+"""``ssr predict``: classify (word model) or transcribe (sentence model) raw EMG recordings
+with a registered model.
 
 Recordings need no label: a native ``.npz`` with ``emg`` (and ``sampling_rate``, optional),
 a Gaddy ``*_emg.npy`` (1000 Hz; its ``*_info.json``, when present, gives the rate and the true
-label) or any other ``.npy`` holding a (time, channels) array at the model's sampling rate.
-When a file carries its label, the true label is shown beside the prediction. Every error names
-the file. The model is checked before it is loaded (:mod:`ssr.registry.safe_load`).
+label or sentence) or any other ``.npy`` holding a (time, channels) array at the model's
+sampling rate. When a file carries its label, the true label is shown beside the prediction
+(for a sentence model, the reference transcript, and the word error rate over the labelled
+files). Every error names the file. The model is checked before it is loaded
+(:mod:`ssr.registry.safe_load`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import numpy as np
 from ssr.data.formats import GADDY_SAMPLING_RATE
 from ssr.errors import DataError
 from ssr.progress import progress_bar
+from ssr.sentences.scoring import score_texts
+from ssr.sentences.units import normalise
 from ssr.tracking.store import require_store
 
 GADDY_EMG = re.compile(r"^(\d+)_emg\.npy$")
@@ -31,17 +36,24 @@ GADDY_EMG = re.compile(r"^(\d+)_emg\.npy$")
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="classify recordings (.npz, Gaddy *_emg.npy, .npy) with a registered model",
+        help="classify or transcribe recordings (.npz, Gaddy *_emg.npy, .npy) with a "
+        "registered model",
         description="Load MODEL (e.g. models:/ssr-emg@champion; MLFLOW_TRACKING_URI names the "
-        "server) and print label and confidence for each recording, and its true label when "
-        "the file has one. The model must be one `ssr register` logged (checked before "
-        "loading; loading a model runs its code, so use registries you trust).",
+        "server) and print label and confidence for each recording (a sentence model: the "
+        'transcript and its confidence, as FILE: "text" (0.87)), and its true label when the '
+        "file has one. The model must be one `ssr register` logged (checked before loading; "
+        "loading a model runs its code, so use registries you trust).",
     )
     parser.add_argument("--model", default="models:/ssr-emg@champion", help="MLflow model URI")
     parser.add_argument(
         "files", nargs="+", metavar="FILE", help=".npz, Gaddy *_emg.npy or .npy recordings"
     )
-    parser.add_argument("--json", action="store_true", help="print JSON records (with p_<label>)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON records (with p_<label>; a sentence model: text, confidence, "
+        "greedy_text, true_text)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -159,15 +171,29 @@ def run(args: argparse.Namespace) -> int:
         classifier.check_recording(rec.emg, path)
         recordings.append(rec)
     features = classifier.featurise([r.emg for r in recordings], [r.path for r in recordings])
-    frame = classifier.to_frame(classifier.predict_features(features))
+    frame = classifier.predict_frame(features)
     frame.insert(0, "file", list(args.files))
     truth = [r.label for r in recordings]
+    if classifier.task == "sentences":
+        frame["true_text"] = pd.Series(truth, dtype=object)
+        if args.json:
+            print(json.dumps(frame.to_dict(orient="records"), indent=2))
+            return 0
+        _print_transcripts(frame)
+        return 0
     frame.insert(3, "true_label", pd.Series(truth, dtype=object))
     if args.json:
         print(json.dumps(frame.to_dict(orient="records"), indent=2))
         return 0
+    _print_labels(frame, args.files)
+    return 0
+
+
+def _print_labels(frame: Any, files: list[str]) -> None:
+    """A word model's table: file, label, confidence (and true label, accuracy)."""
+    truth = list(frame["true_label"])
     labelled = [t is not None for t in truth]
-    width = max(len("file"), *(len(f) for f in args.files))
+    width = max(len("file"), *(len(f) for f in files))
     label_width = max(len("label"), *(len(str(v)) for v in frame["label"]))
     header = f"{'file':<{width}}  {'label':<{label_width}}  confidence"
     print(header + ("  true label" if any(labelled) else ""))
@@ -180,4 +206,27 @@ def run(args: argparse.Namespace) -> int:
         scored = [(p, t) for p, t in zip(frame["label"], truth, strict=True) if t is not None]
         right = sum(p == t for p, t in scored)
         print(f"{right}/{len(scored)} labelled recordings classified correctly")
-    return 0
+
+
+def _print_transcripts(frame: Any) -> None:
+    """A sentence model's lines, ``FILE: "text" (confidence)`` and the reference when the file
+    has one; then the word error rate over the recordings whose reference normalises."""
+    refs, hyps, greedy = [], [], []
+    for row in frame.itertuples(index=False):
+        line = f'{row.file}: "{row.text}" ({row.confidence:.2f})'
+        if row.true_text is not None:
+            line += f'  reference: "{row.true_text}"'
+            try:
+                refs.append(normalise(row.true_text, row.file))
+            except DataError:
+                pass  # shown, not scored
+            else:
+                hyps.append(row.text)
+                greedy.append(row.greedy_text)
+        print(line)
+    if refs:
+        wer, greedy_wer = score_texts(refs, hyps).wer, score_texts(refs, greedy).wer
+        print(
+            f"WER {wer:.3f} over {len(refs)} labelled recording(s) "
+            f"(greedy, no language model: {greedy_wer:.3f})"
+        )
