@@ -6,6 +6,10 @@ is consulted, the challenger must beat the strong linear baseline (:mod:`ssr.bas
 same split by ``baseline_margin``: a network that a logistic regression on the envelope
 outperforms is not worth serving, whatever the champion is. When the challenger's evaluation
 has per-session scores, such a refusal names the sessions where it loses to the baseline.
+
+For ``task: sentences`` (:func:`decide_sentences`) the same steps run on word error rates
+(lower is better) with the paired bootstrap of :mod:`ssr.sentences.significance` over the
+utterances in place of McNemar's test; margins are absolute WER points.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest
+
+from ssr.sentences.significance import BootstrapResult, paired_bootstrap
 
 _EPS = 1e-9  # accuracies are ratios of counts: a gain equal to the margin must pass
 MAX_NAMED_SESSIONS = 20  # a reason (a version tag) names at most this many losing sessions
@@ -99,19 +105,23 @@ class GateDecision:
 
     def to_tags(self, prefix: str = "gate.") -> dict[str, str]:
         """The decision as string tags; absent numbers are left out."""
-        tags = {f"{prefix}decision": "promote" if self.promote else "reject"}
-        for key, value in asdict(self).items():
-            if key == "promote" or value is None or key == "losing_sessions":
-                continue
-            tags[f"{prefix}{key}"] = f"{value:.6g}" if isinstance(value, float) else str(value)
-        if self.gain is not None:
-            tags[f"{prefix}gain"] = f"{self.gain:.6g}"
-        if self.losing_sessions:
-            names = ",".join(self.losing_sessions)
-            if len(names) > MAX_SESSIONS_TAG:
-                names = names[: MAX_SESSIONS_TAG - 15] + "...[truncated]"
-            tags[f"{prefix}losing_sessions"] = names
-        return tags
+        return _decision_tags(asdict(self), prefix, {"gain": self.gain})
+
+
+def _decision_tags(fields: dict[str, Any], prefix: str, extra: dict[str, Any]) -> dict[str, str]:
+    """``gate.decision``, the other fields and ``extra`` as tags (None left out; floats to 6
+    significant digits) and the losing sessions comma-separated (capped)."""
+    tags = {f"{prefix}decision": "promote" if fields["promote"] else "reject"}
+    for key, value in [*fields.items(), *extra.items()]:
+        if key == "promote" or value is None or key == "losing_sessions":
+            continue
+        tags[f"{prefix}{key}"] = f"{value:.6g}" if isinstance(value, float) else str(value)
+    if fields["losing_sessions"]:
+        names = ",".join(fields["losing_sessions"])
+        if len(names) > MAX_SESSIONS_TAG:
+            names = names[: MAX_SESSIONS_TAG - 15] + "...[truncated]"
+        tags[f"{prefix}losing_sessions"] = names
+    return tags
 
 
 def sessions_below_baseline(
@@ -200,3 +210,148 @@ def decide(
         reason = f"better by {gain:+.4f}, McNemar p={test.p_value:.4g} < {p_value:g}"
         promote = True
     return GateDecision(promote, reason, acc, **common)
+
+
+BOOTSTRAP_SAMPLES = 10000
+
+
+def bootstrap_test(samples: int = BOOTSTRAP_SAMPLES) -> str:
+    """The test's name as recorded in ``gate.test``."""
+    return f"paired bootstrap (Bisani & Ney 2004), {samples} resamples"
+
+
+@dataclass(frozen=True)
+class SentenceGateDecision:
+    """The sentence gate's decision; WERs are lower-is-better, ``margin`` and
+    ``baseline_margin`` are absolute WER points, p-values one-sided paired bootstrap."""
+
+    promote: bool
+    reason: str
+    wer: float  # the challenger's test WER
+    max_wer: float
+    margin: float
+    p_threshold: float
+    n: int  # utterances
+    ref_words: int  # reference words in them
+    test: str = bootstrap_test()
+    champion_wer: float | None = None
+    p_value: float | None = None  # challenger vs champion
+    baseline_wer: float | None = None
+    baseline_margin: float | None = None
+    baseline_p_value: float | None = None  # challenger vs the baseline
+    losing_sessions: tuple[str, ...] = ()  # worse than the baseline, when that refused it
+
+    def to_tags(self, prefix: str = "gate.") -> dict[str, str]:
+        """The decision as string tags, ``gate.task`` = sentences and ``gate.wer_reduction``
+        (champion WER minus challenger WER); absent numbers are left out."""
+        reduction = None if self.champion_wer is None else self.champion_wer - self.wer
+        extra = {"task": "sentences", "wer_reduction": reduction}
+        return _decision_tags(asdict(self), prefix, extra)
+
+
+def sessions_worse_than_baseline(
+    per_session: Mapping[str, Mapping[str, Any]],
+) -> list[tuple[str, float, float]]:
+    """``(session, WER, baseline WER)`` of the sessions where the WER is above the baseline's,
+    by session name (a sentences ``metrics.json``'s ``per_session``)."""
+    return [
+        (name, float(s["wer"]), float(s["baseline_wer"]))
+        for name, s in sorted(per_session.items())
+        if s.get("baseline_wer") is not None and s["wer"] > s["baseline_wer"]
+    ]
+
+
+def _baseline_refusal(
+    wer: float,
+    test: BootstrapResult,
+    baseline_margin: float,
+    p_value: float,
+    per_session: Mapping[str, Mapping[str, Any]] | None,
+) -> tuple[str, tuple[str, ...]] | None:
+    """Why the challenger does not beat the baseline, and the sessions it loses; or None."""
+    base = test.wer_b
+    if (below := base - wer) <= 0 or below < baseline_margin - _EPS:
+        reason = (
+            f"WER {wer:.4f} is not below the linear baseline's ({base:.4f}) "
+            f"by margin {baseline_margin:.4f}"
+        )
+    elif test.p_value >= p_value:
+        reason = (
+            f"WER {wer:.4f} is not significantly below the linear baseline's ({base:.4f}): "
+            f"paired bootstrap p={test.p_value:.4g} >= {p_value:g}"
+        )
+    else:
+        return None
+    losing = sessions_worse_than_baseline(per_session or {})
+    return reason + (_losing_clause(losing) if losing else ""), tuple(n for n, _, _ in losing)
+
+
+def decide_sentences(
+    challenger_errors: np.ndarray,
+    ref_words: np.ndarray,
+    champion_errors: np.ndarray | None,
+    *,
+    max_wer: float,
+    margin: float,
+    p_value: float,
+    baseline_errors: np.ndarray | None = None,
+    baseline_margin: float = 0.0,
+    per_session: Mapping[str, Mapping[str, Any]] | None = None,
+    samples: int = BOOTSTRAP_SAMPLES,
+) -> SentenceGateDecision:
+    """The gate for ``task: sentences`` on per-utterance word errors of the same utterances.
+
+    The challenger's WER must be <= ``max_wer``; with ``baseline_errors``, below the
+    baseline's by more than 0 and at least ``baseline_margin`` WER points, and significantly
+    (paired bootstrap p < ``p_value``). Without a champion that promotes it; with one, its
+    WER must be lower by more than 0 and at least ``margin`` points, with p < ``p_value``.
+    """
+    ref = np.asarray(ref_words)
+    errors = np.asarray(challenger_errors)
+    if errors.ndim != 1 or errors.shape != ref.shape or errors.size == 0:
+        raise ValueError("challenger_errors and ref_words must be 1-D, non-empty, of one length")
+    wer = float(errors.sum() / max(ref.sum(), 1))
+    common: dict[str, Any] = {
+        "max_wer": max_wer,
+        "margin": margin,
+        "p_threshold": p_value,
+        "n": int(ref.size),
+        "ref_words": int(ref.sum()),
+        "test": bootstrap_test(samples),
+    }
+    vs_base = vs_champ = None
+    if baseline_errors is not None:
+        vs_base = paired_bootstrap(errors, baseline_errors, ref, samples)
+        common.update(
+            baseline_wer=vs_base.wer_b,
+            baseline_margin=baseline_margin,
+            baseline_p_value=vs_base.p_value,
+        )
+    if champion_errors is not None:  # the paired numbers are recorded whatever decides
+        vs_champ = paired_bootstrap(errors, champion_errors, ref, samples)
+        common.update(champion_wer=vs_champ.wer_b, p_value=vs_champ.p_value)
+    if wer > max_wer + _EPS:
+        return SentenceGateDecision(
+            False, f"WER {wer:.4f} above maximum {max_wer:.4f}", wer, **common
+        )
+    if vs_base is not None:
+        refusal = _baseline_refusal(wer, vs_base, baseline_margin, p_value, per_session)
+        if refusal is not None:
+            return SentenceGateDecision(
+                False, refusal[0], wer, **common, losing_sessions=refusal[1]
+            )
+    if vs_champ is None:
+        reason = f"no champion yet; WER {wer:.4f} within maximum {max_wer:.4f}"
+        return SentenceGateDecision(True, reason, wer, **common)
+    champ, p = vs_champ.wer_b, vs_champ.p_value
+    if (reduction := champ - wer) <= 0 or reduction < margin - _EPS:
+        reason = (
+            f"WER {wer:.4f} does not improve on the champion's {champ:.4f} by margin {margin:.4f}"
+        )
+    elif p >= p_value:
+        reason = f"not significantly better: paired bootstrap p={p:.4g} >= {p_value:g}"
+    else:
+        reason = f"WER {wer:.4f} below the champion's {champ:.4f}, paired bootstrap "
+        reason += f"p={p:.4g} < {p_value:g}"
+        return SentenceGateDecision(True, reason, wer, **common)
+    return SentenceGateDecision(False, reason, wer, **common)
