@@ -12,6 +12,7 @@ from ssr.errors import ConfigError, RegistryError
 from ssr.tracking.store import require_store, wait_on_sqlite_locks
 
 if TYPE_CHECKING:
+    from ssr.registry.gate import SentenceGateDecision
     from ssr.registry.promote import PromotionResult
 
 REJECTED = 3  # exit status when the gate rejects the candidate
@@ -23,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="promote the challenger to champion if it passes the gate; --rollback; --from/--to",
         description="Score challenger and champion on the same test split "
         "(data.processed_dir), apply the gate (registry.min_accuracy, registry.margin, "
-        "McNemar exact test at registry.p_value) and move the champion alias if it passes. "
+        "McNemar exact test at registry.p_value; for task sentences registry.max_wer and a "
+        "paired bootstrap on WER) and move the champion alias if it passes. "
         "The decision is tagged on both versions. Exit status: 0 promoted (or nothing to do), "
         f"{REJECTED} the gate rejected the candidate (also with --dry-run), 2 an error.",
     )
@@ -56,8 +58,32 @@ def _fmt(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _sentence_rows(d: SentenceGateDecision) -> list[tuple[str, object]]:
+    """The WER comparison of a ``task: sentences`` decision (lower is better)."""
+    reduction = None if d.champion_wer is None else d.champion_wer - d.wer
+    return [
+        ("challenger WER", d.wer),
+        ("champion WER", d.champion_wer),
+        (
+            "WER reduction (margin)",
+            None if reduction is None else f"{reduction:+.4f} ({d.margin:.4f})",
+        ),
+        (
+            "bootstrap p (threshold)",
+            None if d.p_value is None else f"{d.p_value:.4g} ({d.p_threshold:g})",
+        ),
+        ("baseline WER", d.baseline_wer),
+        ("baseline p", None if d.baseline_p_value is None else f"{d.baseline_p_value:.4g}"),
+        ("maximum WER", d.max_wer),
+        ("test", f"{d.test} on {d.n} utterances ({d.ref_words} words)"),
+        ("reason", d.reason),
+    ]
+
+
 def format_result(result: PromotionResult) -> str:
     """A small table of the comparison and what happened."""
+    from ssr.registry.gate import SentenceGateDecision  # not at the top: numpy and scipy
+
     prefix = "dry run: would " if result.dry_run else ""
     rows: list[tuple[str, object]] = [
         ("model", result.model_name),
@@ -67,7 +93,9 @@ def format_result(result: PromotionResult) -> str:
     if result.source:
         rows.append(("copied from", result.source))
     d = result.decision
-    if d is not None:
+    if isinstance(d, SentenceGateDecision):
+        rows += _sentence_rows(d)
+    elif d is not None:
         rows += [
             ("challenger accuracy", d.challenger_accuracy),
             ("champion accuracy", d.champion_accuracy),

@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ssr.baseline import score_baseline
 from ssr.config import Config
-from ssr.errors import DataError, RegistryError
-from ssr.registry.gate import GateDecision, decide
+from ssr.errors import RegistryError
+from ssr.registry.gate import GateDecision, SentenceGateDecision
+from ssr.registry.gating import EVALUATION_METRICS as EVALUATION_METRICS
+from ssr.registry.gating import evaluation_per_session as evaluation_per_session
+from ssr.registry.gating import gate_versions
 from ssr.registry.lock import PromotionLock, error_code
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,6 @@ CHALLENGER = "challenger"
 PREVIOUS = "previous-champion"
 HISTORY_TAG = "champion_history"
 MAX_HISTORY = 100  # registered-model tag values are limited in size
-EVALUATION_METRICS = "evaluation/metrics.json"  # logged by ssr register beside the model
 
 
 @dataclass
@@ -51,7 +49,7 @@ class PromotionResult:
     champion_before: str | None
     champion_after: str | None
     dry_run: bool = False
-    decision: GateDecision | None = None
+    decision: GateDecision | SentenceGateDecision | None = None
     source: str | None = None  # "name/version" copied from, for cross-model promotion
 
     @property
@@ -142,7 +140,11 @@ def _locked(client: MlflowClient, name: str, dry_run: bool) -> Iterator[Promotio
 
 
 def _record_decision(
-    client: MlflowClient, name: str, candidate: str, champion: str | None, decision: GateDecision
+    client: MlflowClient,
+    name: str,
+    candidate: str,
+    champion: str | None,
+    decision: GateDecision | SentenceGateDecision,
 ) -> None:
     """Gate numbers on both versions: plain ``gate.*`` on the candidate, per-candidate on the
     champion (it meets many challengers)."""
@@ -156,75 +158,6 @@ def _record_decision(
             suffix = key.removeprefix("gate.")
             client.set_model_version_tag(name, champion, f"gate.vs_v{candidate}.{suffix}", value)
         client.set_model_version_tag(name, champion, "gate.last_challenger", candidate)
-
-
-def evaluation_per_session(
-    client: MlflowClient, version: ModelVersion
-) -> dict[str, dict[str, Any]] | None:
-    """The ``per_session`` scores of ``version``'s test evaluation (``evaluation/metrics.json``
-    of the run that registered it), or None when the run has no such file or an older one
-    without them. A malformed file is a DataError naming it."""
-    from ssr.evaluation import read_metrics  # not at the top: it loads matplotlib
-
-    run_id = version.run_id
-    folder, _, _ = EVALUATION_METRICS.rpartition("/")
-    if not run_id or EVALUATION_METRICS not in {
-        a.path for a in client.list_artifacts(run_id, folder)
-    }:
-        log.info(
-            "%s version %s: no %s to name sessions from",
-            version.name,
-            version.version,
-            EVALUATION_METRICS,
-        )
-        return None
-    with tempfile.TemporaryDirectory(prefix="ssr-gate-") as tmp:
-        local = client.download_artifacts(run_id, EVALUATION_METRICS, tmp)
-        try:
-            metrics = read_metrics(local)
-        except DataError as exc:
-            where = f"runs:/{run_id}/{EVALUATION_METRICS}"
-            raise DataError(str(exc).replace(str(local), where)) from None
-    per_session: dict[str, dict[str, Any]] | None = metrics.get("per_session")
-    return per_session
-
-
-def gate_versions(
-    cfg: Config, client: MlflowClient, name: str, candidate: str, champion: str | None
-) -> GateDecision:
-    """Score candidate and champion on the same test split and apply the gate; a refusal for
-    the baseline names the sessions where the candidate's evaluation lost to it."""
-    from ssr.registry.pyfunc_model import correctness_on_test_split
-
-    data = cfg.data
-    cand_version = _model_version(client, name, candidate)
-    expected = cand_version.tags.get("data.fingerprint")
-    cand_correct = correctness_on_test_split(
-        f"models:/{name}/{candidate}",
-        data.processed_dir,
-        data.test_dir,
-        expected_fingerprint=expected,
-    )
-    champ_correct = None
-    if champion is not None:
-        champ_correct = correctness_on_test_split(
-            f"models:/{name}/{champion}", data.processed_dir, data.test_dir
-        )
-    reg = cfg.registry
-    baseline = per_session = None
-    if reg.baseline_margin is not None:
-        baseline = score_baseline(str(data.processed_dir), "test").accuracy
-        per_session = evaluation_per_session(client, cand_version)
-    return decide(
-        np.asarray(cand_correct, bool),
-        None if champ_correct is None else np.asarray(champ_correct, bool),
-        min_accuracy=reg.min_accuracy,
-        margin=reg.margin,
-        p_value=reg.p_value,
-        baseline_accuracy=baseline,
-        baseline_margin=reg.baseline_margin or 0.0,
-        per_session=per_session,
-    )
 
 
 def promote(
@@ -242,12 +175,13 @@ def promote(
         candidate = str(version) if version else alias_version(client, name, CHALLENGER)
         if candidate is None:
             raise RegistryError(f"{name}: no version given and no {CHALLENGER!r} alias")
-        _model_version(client, name, candidate)
+        cand_version = _model_version(client, name, candidate)
         history = read_history(client, name)
         champion = alias_version(client, name, CHAMPION)
         if champion == candidate:
             return PromotionResult(name, "noop", candidate, champion, champion, dry_run)
-        decision = gate_versions(cfg, client, name, candidate, champion)
+        champ_version = None if champion is None else _model_version(client, name, champion)
+        decision = gate_versions(cfg, client, cand_version, champ_version)
         if not dry_run:
             _record_decision(client, name, candidate, champion, decision)
         after = candidate if decision.promote else champion
