@@ -54,7 +54,14 @@ def run(args: argparse.Namespace) -> int:
     except MlflowException as exc:
         raise RegistryError(f"MLflow refused the registration: {exc.message}") from None
     print(
-        f"registered {info.model_uri} (alias {', '.join(info.aliases)}; test accuracy "
-        f"{info.tags['test.accuracy']}; run {info.run_id})"
+        f"registered {info.model_uri} (alias {', '.join(info.aliases)}; {_scores(info.tags)}; "
+        f"run {info.run_id})"
     )
     return 0
+
+
+def _scores(tags: dict[str, str]) -> str:
+    """The headline test score of a registered version: accuracy, or for sentences WER."""
+    if tags.get("task") == "sentences":
+        return f"test WER {tags['test.wer']}, CER {tags['test.cer']}"
+    return f"test accuracy {tags['test.accuracy']}"

@@ -13,8 +13,10 @@ One MLflow run (``register-<checkpoint>``, in the tracking experiment) receives:
   (when ``registry.log_pytorch_model``);
 * ``evaluation/``: the ``metrics.json`` and ``predictions.json`` of the test evaluation.
 
-The new version gets the alias ``challenger`` and tags with its test metrics, data
-fingerprint, config, git commit, pipeline run id and links to the MLflow and W&B runs.
+The new version gets the alias ``challenger``, tags with its task, test metrics, data
+fingerprint, config, git commit, pipeline run id and links to the MLflow and W&B runs, and a
+one-line description of its test scores. ``task: words`` records accuracy and macro F1;
+``task: sentences`` the WER and CER of the LM decoding, the greedy WER and the baseline's WER.
 
 With a pipeline run id, registering is idempotent: when a version of the model already carries
 that ``pipeline_run_id`` tag (the same run's earlier attempt), it is returned as is; nothing is
@@ -49,6 +51,7 @@ from ssr.registry.packaging import (
     log_pytorch,
     pip_requirements,
     pyfunc_signature,
+    sentence_artifacts,
     serving_distributions,
 )
 from ssr.registry.promote import CHALLENGER
@@ -127,15 +130,46 @@ def _truncate(text: str, limit: int = TAG_VALUE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 15] + "...[truncated]"
 
 
+def evaluation_scores(metrics: dict[str, Any]) -> dict[str, float]:
+    """The headline test scores of an evaluation, by the name they are recorded under
+    (``test.<name>`` tags, ``test/<name>`` run metrics)."""
+    if metrics.get("task") != "sentences":
+        return {k: float(metrics[k]) for k in ("accuracy", "macro_f1", "loss")}
+    scores = {k: float(metrics[k]) for k in ("wer", "cer", "loss")}
+    for name, part in (("greedy_wer", "greedy"), ("baseline_wer", "baseline")):
+        value = (metrics.get(part) or {}).get("wer")
+        if value is not None:
+            scores[name] = float(value)
+    return scores
+
+
+def describe(task: str, scores: dict[str, float], num_samples: int) -> str:
+    """The model version's description: its test scores in one line."""
+    if task != "sentences":
+        return (
+            f"task words; test accuracy {scores['accuracy']:.4f}, macro F1 "
+            f"{scores['macro_f1']:.4f} on {num_samples} utterances"
+        )
+    text = (
+        f"task sentences; test WER {scores['wer']:.4f}, CER {scores['cer']:.4f} "
+        f"(beam search with lexicon and language model)"
+    )
+    if "greedy_wer" in scores:
+        text += f", greedy WER {scores['greedy_wer']:.4f}"
+    if "baseline_wer" in scores:
+        text += f", linear baseline WER {scores['baseline_wer']:.4f}"
+    return f"{text} on {num_samples} utterances"
+
+
 def _checkpoint_parts(
     checkpoint: str, split: ProcessedSplit
-) -> tuple[torch.nn.Module, Config, list[str], dict]:
-    """Model, training config, labels and tracking ids of ``checkpoint``; refuses a checkpoint
+) -> tuple[torch.nn.Module, Config, list[str], dict[str, Any]]:
+    """Model, training config, labels and the checkpoint's state; refuses a checkpoint
     trained on other features than ``split``'s data set."""
     state = load_checkpoint(checkpoint)
     check_features(state, split.manifest, checkpoint, str(split.root))
     model, train_cfg, labels = restore_model(state, checkpoint)
-    return model.eval(), train_cfg, labels, dict(state.get("tracking") or {})
+    return model.eval(), train_cfg, labels, state
 
 
 def find_run_version(
@@ -197,7 +231,14 @@ def register_model(
             )
             return earlier
     split = ProcessedSplit(cfg.data.processed_dir, "test")
-    model, train_cfg, labels, run_ids = _checkpoint_parts(checkpoint, split)
+    model, train_cfg, labels, state = _checkpoint_parts(checkpoint, split)
+    run_ids = dict(state.get("tracking") or {})
+    task = str(metrics.get("task", "words"))
+    if train_cfg.task != task or split.task != task:
+        raise DataError(
+            f"{eval_dir}: a {task} evaluation, but the checkpoint is a {train_cfg.task} model "
+            f"and {cfg.data.processed_dir} a {split.task} data set"
+        )
     if split.label_names != labels:
         raise DataError(
             f"{cfg.data.processed_dir}: labels {split.label_names} differ from "
@@ -211,11 +252,12 @@ def register_model(
 
     fingerprint = str(split.manifest.get("fingerprint", "unknown"))
 
+    scores = evaluation_scores(metrics)
+    num_samples = metrics.get("num_samples", len(split))
     tags = {
-        "test.accuracy": f"{metrics['accuracy']:.6g}",
-        "test.macro_f1": f"{metrics['macro_f1']:.6g}",
-        "test.loss": f"{metrics['loss']:.6g}",
-        "test.num_samples": str(metrics.get("num_samples", len(split))),
+        "task": task,
+        **{f"test.{k}": f"{v:.6g}" for k, v in scores.items()},
+        "test.num_samples": str(num_samples),
         "data.fingerprint": fingerprint,
         "data.feature_hash": feature_hash(split.manifest),
         "config": _truncate(
@@ -245,6 +287,8 @@ def register_model(
             WEIGHTS: str(weights),
             MODEL_INFO: str(info_path),
             MANIFEST: str(manifest_path),
+            # task sentences: lexicon, language model and decoding settings ({} for words)
+            **sentence_artifacts(state, tmpdir, checkpoint),
         }
         example = example_input(split)
         signature = pyfunc_signature(EmgClassifier(), artifacts, example)
@@ -253,9 +297,7 @@ def register_model(
             mlflow.set_tags(
                 {"ssr.job": "register", **{k: v for k, v in tags.items() if k != "config"}}
             )
-            mlflow.log_metrics(
-                {f"test/{k}": float(metrics[k]) for k in ("accuracy", "macro_f1", "loss")}
-            )
+            mlflow.log_metrics({f"test/{k}": v for k, v in scores.items()})
             mlflow.log_artifact(str(Path(eval_dir) / "metrics.json"), "evaluation")
             mlflow.log_artifact(str(Path(eval_dir) / "predictions.json"), "evaluation")
             pyfunc_info = log_classifier(artifacts, signature=signature, input_example=example)
@@ -265,6 +307,7 @@ def register_model(
     tags["mlflow.run_id"] = run_id
     tags["mlflow.run_url"] = _run_url(client, run.info.experiment_id, run_id)
     version = _create_version(name, pyfunc_info.model_uri, tags)
+    client.update_model_version(name, version, describe(task, scores, int(num_samples)))
     client.set_registered_model_alias(name, CHALLENGER, version)
     log.info("registered %s version %s (run %s) as %s", name, version, run_id, CHALLENGER)
     return ModelVersionInfo(name, version, run_id, f"models:/{name}/{version}", [CHALLENGER], tags)
