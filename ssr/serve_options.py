@@ -9,9 +9,10 @@ import os
 DESCRIPTION = (
     "Check that MODEL is a model `ssr register` logged (its MLmodel is read first; a pickled "
     "model is refused unopened), download it and serve it with MLflow's scoring server: POST "
-    '/invocations with {"dataframe_records": [{"emg": [[...], ...]}]}, GET /health. Loading a '
-    "model runs its code: serve only from registries you trust. MLFLOW_TRACKING_URI names the "
-    "registry."
+    '/invocations with {"dataframe_records": [{"emg": [[...], ...]}]} (a word model answers '
+    "label, confidence and p_<label>; a sentence model text, confidence and greedy_text), GET "
+    "/health. Loading a model runs its code: serve only from registries you trust. "
+    "MLFLOW_TRACKING_URI names the registry."
 )
 
 

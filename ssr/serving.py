@@ -8,7 +8,9 @@ serve`` runs) on that local copy with uvicorn in a child process. SIGTERM and SI
 on to it; the downloaded copy is removed when it exits.
 
 Endpoints (MLflow's): ``POST /invocations`` (JSON ``{"dataframe_records": [{"emg": [[...],
-...]}]}``, one record per recording of (time, channels) samples), ``GET /health`` and
+...]}]}``, one record per recording of (time, channels) samples; the answer ``{"predictions":
+[...]}`` holds one object per record: ``label``, ``confidence`` and ``p_<label>`` from a word
+model, ``text``, ``confidence`` and ``greedy_text`` from a sentence model), ``GET /health`` and
 ``GET /ping`` (200 once the model is loaded), ``GET /version``. Input the model cannot use gets
 HTTP 400 with a message naming the row (see :class:`~ssr.registry.pyfunc_model.InvalidInputError`).
 
