@@ -11,10 +11,20 @@ request until the parsed response. Without ``--model-uri`` it logs the seed-size
 model (random weights: speed does not depend on them) with the processed data set's manifest
 to a throw-away SQLite MLflow store, the way ``ssr register`` logs them (as code).
 
+Sentences (``task: sentences``, unless ``--model-uri`` or ``--no-sentences``): an untrained
+ctc_transformer of ``configs/sentences_small.yaml``'s size with the lexicon and word n-gram
+language model of a small synthetic sentence data set (training transcripts + its
+``lm_text.txt``), logged the same way, transcribes that set's test recordings one at a time:
+milliseconds per second of EMG for the best path (greedy) and for the lexicon + LM beam search
+(``decoding.beam_size`` 64), both including featurisation and the network, and for the whole
+``predict`` (which gives both). Random weights leave the posteriors flat, so the beam keeps
+every hypothesis within ``beam_threshold``: a pessimistic beam time.
+
     .venv/bin/python benchmarks/bench_inference.py
     .venv/bin/python benchmarks/bench_inference.py --quick
     .venv/bin/python benchmarks/bench_inference.py --model-uri models:/ssr-emg/1   # yours
     .venv/bin/python benchmarks/bench_inference.py --no-http    # in process only
+    .venv/bin/python benchmarks/bench_inference.py --model-uri models:/ssr-emg-sentences/1
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,9 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    NO_TRACKING,
     REPO,
     SMALL_MODEL,
     BenchData,
+    Timing,
     add_common_args,
     make_data,
     print_machine,
@@ -48,6 +61,7 @@ from common import (
 )
 
 SECONDS = 2.0
+SENTENCE_CONFIG = REPO / "configs" / "sentences_small.yaml"
 
 
 def log_random_model(data: BenchData, overrides: list[str], workdir: Path, name: str) -> str:
@@ -84,6 +98,139 @@ def log_random_model(data: BenchData, overrides: list[str], workdir: Path, name:
         example = example_input(ProcessedSplit(data.processed_dir, "test"))
         info = log_classifier(artifacts, input_example=example)
     return info.model_uri
+
+
+def log_sentence_model(work: Path, quick: bool) -> tuple[str, list[Any]]:
+    """Synthesise and preprocess a small sentence data set, log an untrained
+    ``configs/sentences_small.yaml`` model with its language model as `ssr register` does;
+    the model's URI and the raw test recordings."""
+    import mlflow
+    import torch
+    from safetensors.torch import save_file
+
+    from ssr.config import load_config
+    from ssr.data.formats import read_native
+    from ssr.data.preprocess import run_preprocess
+    from ssr.data.processed import ProcessedSplit
+    from ssr.data.synth_sentences import LM_TEXT, SentenceOptions, generate_sentences
+    from ssr.model import build_model
+    from ssr.registry.packaging import example_input, log_classifier, sentence_artifacts
+    from ssr.registry.pyfunc_model import MANIFEST, MODEL_INFO, WEIGHTS
+    from ssr.sentences.lm import build_language_model, read_lm_text
+
+    out = work / "sentences"
+    opts = SentenceOptions(sentences=4 if quick else 8, sessions=3, train_sessions=1)
+    opts.lm_sentences = 100 if quick else 3000
+    if not (out / "synth.json").is_file():
+        generate_sentences(out, opts)
+    overrides = [
+        *(f"data.{split}_dir={out / split}" for split in ("train", "val", "test")),
+        f"data.processed_dir={out / 'processed'}",
+        *NO_TRACKING,
+    ]
+    cfg = load_config(SENTENCE_CONFIG, overrides)
+    if not (out / "processed" / "manifest.json").is_file():
+        run_preprocess(cfg)
+    train, test = (ProcessedSplit(cfg.data.processed_dir, s) for s in ("train", "test"))
+    lm = build_language_model(
+        [*train.texts, *read_lm_text(str(out / LM_TEXT))], cfg.decoding.lm_order
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg.model, len(train.label_names)).eval()
+    state = {
+        "config": cfg.model_dump(),
+        "labels": train.label_names,
+        "model": model.state_dict(),
+        "language_model": lm.to_state(),
+    }
+    files = work / "sentence-model"
+    files.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, files / "w.safetensors")
+    (files / "model_info.json").write_text(
+        json.dumps({"model": cfg.model.model_dump(), "labels": train.label_names})
+    )
+    (files / "manifest.json").write_text(json.dumps(test.manifest))
+    artifacts = {
+        WEIGHTS: str(files / "w.safetensors"),
+        MODEL_INFO: str(files / "model_info.json"),
+        MANIFEST: str(files / "manifest.json"),
+        **sentence_artifacts(state, files, "bench"),
+    }
+    with mlflow.start_run(run_name="bench-sentences"):
+        info = log_classifier(artifacts, input_example=example_input(test))
+    return info.model_uri, [read_native(source).emg for source in test.ids]
+
+
+def is_sentence_model(uri: str) -> bool:
+    """Whether the registered model at ``uri`` transcribes (``task: sentences``)."""
+    from ssr.registry.pyfunc_model import load_classifier
+
+    return load_classifier(uri).task == "sentences"
+
+
+def bench_sentences(uri: str, emgs: list[Any], repeats: int) -> tuple[list[list[str]], str]:
+    """Rows: milliseconds per second of EMG for one recording at a time, greedy, beam search
+    and the whole predict; a line describing model and input."""
+    import pandas as pd
+
+    from ssr.model import parameter_count
+    from ssr.registry.pyfunc_model import load_pyfunc
+    from ssr.sentences.decoding import greedy_decode
+
+    loaded, inner = load_pyfunc(uri)
+    transcriber = inner.transcriber
+    assert transcriber is not None, f"{uri}: a word model"
+    rate = inner.extractor.sampling_rate
+    seconds = [emg.shape[0] / rate for emg in emgs]
+    frames = [pd.DataFrame({"emg": [emg]}) for emg in emgs]
+
+    def per_second(fn: Any) -> tuple[list[float], list[float]]:
+        """ms per s of EMG per call, and the share of it spent decoding."""
+        fn(0)  # warm-up
+        rates, shares = [], []
+        for call in range(repeats):
+            i = call % len(emgs)
+            start = time.perf_counter()
+            decode = fn(i)
+            total = time.perf_counter() - start
+            rates.append(1000 * total / seconds[i])
+            shares.append(decode / total if decode is not None else float("nan"))
+        return rates, shares
+
+    def decoded(i: int, decode: Any) -> float:
+        log_probs = inner.emissions(inner.featurise([emgs[i]]))[0]
+        start = time.perf_counter()
+        decode(log_probs)
+        return time.perf_counter() - start
+
+    def whole(i: int) -> None:
+        assert len(loaded.predict(frames[i])) == 1
+
+    cases = {
+        "greedy (best path)": lambda i: decoded(i, lambda lp: greedy_decode(lp, inner.labels)),
+        f"beam {transcriber.cfg.beam_size} + lexicon + {transcriber.lm.order}-gram LM": (
+            lambda i: decoded(i, transcriber.beam.decode)
+        ),
+        "predict (both; the served path)": whole,
+    }
+    params = parameter_count(inner.model) / 1e6
+    name = f"sentences small, {params:.2f} M params"
+    rows = []
+    for case, fn in cases.items():
+        rates, shares = per_second(fn)
+        t = Timing(rates)
+        share = "" if all(x != x for x in shares) else f"{100 * statistics.median(shares):.0f}%"
+        rows.append([
+            name, case, f"{t.percentile(50):.1f}", f"{t.percentile(95):.1f}",
+            f"{t.percentile(50) / 1000:.3f}", share,
+        ])  # fmt: skip
+    described = (
+        f"sentences: {len(emgs)} recordings of {min(seconds):.1f}-"
+        f"{max(seconds):.1f} s (8 channels, {rate:g} Hz), one per call, {repeats} calls; "
+        f"lexicon {len(transcriber.lm.words)} words; decoding share = the decoder's part of "
+        "the call (featurisation + network the rest)"
+    )
+    return rows, described
 
 
 def recordings(count: int) -> list[Any]:
@@ -218,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="single-utterance calls (100)")
     parser.add_argument("--batch", type=int, default=None, help="rows per batched call (32)")
     parser.add_argument("--no-http", action="store_true", help="skip the scoring-server runs")
+    parser.add_argument(
+        "--no-sentences", action="store_true", help="skip the task sentences model's rows"
+    )
     args = parser.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 100)
     batch_repeats = 1 if args.quick else 10
@@ -263,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             http_rows += got
             starts.append(f"{label.split(' (')[0]} {started:.1f} s")
+        sentence_rows, sentence_line = [], ""
+        if args.model_uri and is_sentence_model(args.model_uri):  # on the 2 s recordings
+            sentence_rows, sentence_line = bench_sentences(args.model_uri, emgs, repeats)
+        elif not args.no_sentences and not args.model_uri:
+            uri, sentence_emgs = log_sentence_model(work, args.quick)
+            sentence_rows, sentence_line = bench_sentences(uri, sentence_emgs, repeats)
     print(
         f"input: {SECONDS:g} s x 8 channels raw EMG at 1000 Hz per utterance (DataFrame 'emg' "
         f"column) through mlflow.pyfunc.load_model(...).predict; {repeats} single calls, "
@@ -284,6 +440,13 @@ def main(argv: list[str] | None = None) -> int:
             ["model", "rows per request", "p50 latency (ms)", "p95 latency (ms)",
              "utterances/s", "HTTP overhead at p50 (ms)"],
             http_rows, [False, True, True, True, True, True],
+        )  # fmt: skip
+    if sentence_rows:
+        print(f"\n{sentence_line}")
+        print_table(
+            ["model", "decoding", "p50 ms per s of EMG", "p95 ms per s of EMG",
+             "real-time factor (p50)", "decoding share"],
+            sentence_rows, [False, False, True, True, True, True],
         )  # fmt: skip
     return 0
 
