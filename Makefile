@@ -144,13 +144,15 @@ PIPELINE_YAML ?= build/ssr_pipeline.yaml
 # The train step's image; empty: the CUDA variant of IMAGE (its tag + -cuda, as image-cuda tags).
 TRAIN_IMAGE ?=
 RUN_LOCAL_ARGS ?=
+# words (configs/small.yaml) or sentences (configs/sentences_small.yaml, synthetic sentences)
+TASK ?= words
 .PHONY: pipeline run-local
 pipeline: setup ## compile the KFP pipeline to build/ssr_pipeline.yaml (IMAGE, TRAIN_IMAGE, GPU_TYPE, GPUS)
 	$(BIN)/python -m pipelines.compile --image $(IMAGE) $(if $(TRAIN_IMAGE),--train-image $(TRAIN_IMAGE)) \
 	  --gpu-type $(GPU_TYPE) --gpus $(GPUS) --out $(PIPELINE_YAML)
 
-run-local: setup ## run the whole pipeline here via kfp.local: synthetic data -> registered model
-	$(BIN)/python -m pipelines.run_local --workdir local_outputs $(RUN_LOCAL_ARGS)
+run-local: setup ## run the whole pipeline here via kfp.local: synthetic data -> registered model (TASK=sentences)
+	$(BIN)/python -m pipelines.run_local --workdir local_outputs --task $(TASK) $(RUN_LOCAL_ARGS)
 
 # ---- model registry --------------------------------------------------------------------------
 PROMOTE_ARGS ?=

@@ -27,13 +27,15 @@ def evaluate(
     config_yaml: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameter default
 ) -> float:
-    """Same as ``ssr evaluate --split test``; returns the test accuracy for the gate.
+    """Same as ``ssr evaluate --split test``; returns the test accuracy (sentences: the word
+    accuracy 1 - WER) for the gate.
 
     The one output left anonymous (``Output``): ``kfp.local`` 2.17 resolves a task output in a
     ``dsl.If`` condition only by that name (named outputs read as missing: the branch is skipped).
 
     ``metrics`` holds the model's accuracy, macro-F1 and loss and the baseline's accuracy and
-    macro-F1; ``summary`` is ``report.html`` (model vs baseline, per class, confusion matrix).
+    macro-F1 (sentences: WER and CER with the language model and greedy, and the baseline's);
+    ``summary`` is ``report.html`` (model vs baseline, per class or per sentence).
     """
     import shutil
 
@@ -42,6 +44,7 @@ def evaluate(
     result = evaluate_step(processed.path, model.path, report.path, config_yaml, overrides)
     for name, value in result["scalars"].items():
         metrics.log_metric(name, value)
-    confusion.log_confusion_matrix(result["labels"], result["confusion_matrix"])
+    if "confusion_matrix" in result:  # words only
+        confusion.log_confusion_matrix(result["labels"], result["confusion_matrix"])
     shutil.copyfile(result["report_html"], summary.path)
-    return float(result["scalars"]["accuracy"])
+    return float(result["quality"])

@@ -1,8 +1,9 @@
 """Run the whole training pipeline on this machine through ``kfp.local`` (``make run-local``).
 
 Defaults need no cluster, account or server: synthetic EMG, MLflow on a local SQLite store,
-W&B offline, checkpoints on local disk, and the CPU-sized preset ``configs/small.yaml``.
-Everything lands under ``--workdir``.
+W&B offline, checkpoints on local disk, and the CPU-sized preset ``configs/small.yaml``
+(``--task sentences``: ``configs/sentences_small.yaml`` on synthetic sentences, ending with the
+registered model's transcript of a test recording). Everything lands under ``--workdir``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 # Small enough to finish in minutes on a laptop CPU, big enough to learn the synthetic task.
 LOCAL_CONFIG = REPO / "configs" / "small.yaml"
+TASK_CONFIGS = {"words": LOCAL_CONFIG, "sentences": REPO / "configs" / "sentences_small.yaml"}
 
 
 def _prepare_env(workdir: Path) -> None:
@@ -44,7 +46,8 @@ def run_local(
 ) -> dict[str, Any]:
     """Run the pipeline locally on ``config`` (plus ``overrides``); returns where its results
     are. ``epochs``, ``min_accuracy``, ``model_name`` and the rest of the gate default to the
-    config's (``training.num_epochs``, the ``registry`` section)."""
+    config's (``training.num_epochs``, the ``registry`` section; for sentences the pipeline
+    gates on word accuracy, 1 - ``registry.max_wer``)."""
     from kfp import local
 
     from ssr.config import load_config
@@ -54,6 +57,9 @@ def run_local(
     epochs = cfg.training.num_epochs if epochs is None else epochs
     registry = cfg.registry
     model_name = registry.model_name if model_name is None else model_name
+    if min_accuracy is None:
+        sentences = cfg.task == "sentences"
+        min_accuracy = 1.0 - registry.max_wer if sentences else registry.min_accuracy
 
     workdir = Path(workdir).resolve()
     _prepare_env(workdir)
@@ -69,7 +75,7 @@ def run_local(
         "gpus_per_node": "0",  # a string parameter (see pipelines.training_pipeline)
         "num_nodes": 1,  # one process here; the exit handler then has no TrainJob to delete
         "model_name": model_name,
-        "min_accuracy": registry.min_accuracy if min_accuracy is None else min_accuracy,
+        "min_accuracy": min_accuracy,
         "margin": registry.margin,
         "p_value": registry.p_value,
         "baseline_margin": -1.0 if registry.baseline_margin is None else registry.baseline_margin,
@@ -110,15 +116,18 @@ def summarize(root: Path, elapsed: float, model_name: str) -> dict[str, Any]:
         from ssr.evaluation import read_metrics
 
         values = read_metrics(metrics)
-        summary["test_accuracy"] = round(float(values["accuracy"]), 4)
-        summary["test_macro_f1"] = round(float(values["macro_f1"]), 4)
-        if "baseline" in values:
+        if values.get("task") == "sentences":
+            summary.update(_sentence_scores(values))
+        else:
+            summary["test_accuracy"] = round(float(values["accuracy"]), 4)
+            summary["test_macro_f1"] = round(float(values["macro_f1"]), 4)
+        if "baseline" in values and "accuracy" in values["baseline"]:
             summary["baseline_test_accuracy"] = round(float(values["baseline"]["accuracy"]), 4)
             summary["baseline_test_macro_f1"] = round(float(values["baseline"]["macro_f1"]), 4)
         summary["report"] = str(run_dir / "evaluate" / "summary")  # report.html for the KFP UI
         summary["plots"] = sorted(str(p) for p in report.glob("*.png"))
     training_plots = root.parent / "outputs"
-    for kind in ("confusion_matrix", "predictions"):  # the last epoch's validation plots
+    for kind in ("confusion_matrix", "predictions", "posteriorgram"):  # the last epoch's
         found = sorted(training_plots.glob(f"{kind}_epoch_*.png"), key=os.path.getmtime)
         if found:
             summary.setdefault("plots", []).append(str(found[-1]))
@@ -128,6 +137,46 @@ def summarize(root: Path, elapsed: float, model_name: str) -> dict[str, Any]:
     if summary["registered_version"]:
         summary.update(gate_outcome(model_name, str(summary["registered_version"])))
     return summary
+
+
+def _sentence_scores(values: dict[str, Any]) -> dict[str, Any]:
+    """The summary's numbers of a sentence evaluation (WER/CER with the LM and greedy, and the
+    baseline's)."""
+    out = {
+        "test_wer": round(float(values["wer"]), 4),
+        "test_cer": round(float(values["cer"]), 4),
+        "test_greedy_wer": round(float(values["greedy"]["wer"]), 4),
+        "test_greedy_cer": round(float(values["greedy"]["cer"]), 4),
+    }
+    for part in ("known_words", "unseen_words"):
+        if part in values:
+            out[f"test_{part}_wer"] = round(float(values[part]["wer"]), 4)
+    if "baseline" in values:
+        out["baseline_test_wer"] = round(float(values["baseline"]["wer"]), 4)
+    return out
+
+
+def transcribe_example(summary: dict[str, Any]) -> str | None:
+    """``ssr predict`` with the registered sentence model on the run's first test recording;
+    what it printed (None when nothing was registered or the run was a word run)."""
+    import contextlib
+    import io
+
+    from ssr.cli import main as ssr_main
+
+    version = summary.get("registered_version")
+    if not version or "test_wer" not in summary:
+        return None
+    raw = Path(summary["run_dir"]) / "preprocess" / "processed" / "raw" / "test"
+    found = sorted(raw.rglob("*.npz")) or sorted(raw.rglob("*_emg.npy"))
+    if not found:
+        return None
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        ssr_main(
+            ["predict", "--model", f"models:/{summary['model_name']}/{version}", str(found[0])]
+        )
+    return out.getvalue().strip()
 
 
 def gate_outcome(model_name: str, version: str) -> dict[str, str]:
@@ -152,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="local_outputs")
     parser.add_argument(
-        "--config", default=str(LOCAL_CONFIG), help="config file (default configs/small.yaml)"
+        "--task",
+        choices=sorted(TASK_CONFIGS),
+        default="words",
+        help="words (configs/small.yaml) or sentences (configs/sentences_small.yaml)",
     )
+    parser.add_argument("--config", default=None, help="config file (default: the task's preset)")
     parser.add_argument(
         "--epochs", type=int, default=None, help="default: the config's training.num_epochs"
     )
@@ -188,10 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         args.data_uri,
         args.pipeline_yaml,
         args.min_accuracy,
-        config=args.config,
+        config=args.config or TASK_CONFIGS[args.task],
     )
     print("\n=== ssr local pipeline run ===")
     print(json.dumps(summary, indent=2))
+    example = transcribe_example(summary)
+    if example:
+        print(f"\nThe registered model transcribes a test recording:\n  {example}")
     if summary.get("registered_version"):
         version = f"{summary['model_name']} version {summary['registered_version']}"
         if summary.get("gate") == "promoted":

@@ -30,10 +30,11 @@ from ssr.config import Config
 from ssr.data.features import PREPROCESSING_KEYS, FeatureExtractor
 from ssr.data.fingerprint import Fingerprint
 from ssr.data.formats import Utterance, iter_dir
-from ssr.data.processed import SPLITS, SplitStream, write_processed
+from ssr.data.processed import LM_TEXT, SPLITS, SplitStream, write_processed
 from ssr.data.running_stats import RunningStats
 from ssr.errors import DataError
 from ssr.progress import progress_bar
+from ssr.sentences.lm import read_lm_text
 from ssr.sentences.units import check_fits, normalise, output_labels
 from ssr.storage import is_s3, localize, publish
 
@@ -337,7 +338,12 @@ def run_preprocess(cfg: Config) -> Path:
                 "sources": {name: str(dirs[name]) for name in SPLITS},
             }
         )
-        out = write_processed(out_dir, manifest, streams)
+        extra = {}
+        if cfg.task == "sentences" and cfg.decoding.lm_text:  # travels with the data set
+            lines = read_lm_text(cfg.decoding.lm_text, cfg.storage)
+            extra[LM_TEXT] = "".join(f"{line}\n" for line in lines)
+            manifest["lm_text"] = {"source": cfg.decoding.lm_text, "lines": len(lines)}
+        out = write_processed(out_dir, manifest, streams, extra)
     if is_s3(target):
         publish(out, target, cfg.storage)
     log.info(

@@ -7,6 +7,7 @@ Layout of ``processed_dir``::
     {split}_index.npy        int64 (utterances, 3): frame offset, frame count, label id
     {split}_ids.json         source file of each utterance (for error messages and plots)
     {split}_text.json        task sentences: the normalised transcript of each utterance
+    lm_text.txt              task sentences: the normalised ``decoding.lm_text`` (if given)
 
 For ``task: sentences`` the manifest's ``task`` is ``"sentences"``, its ``labels`` are the
 model's output units (the CTC blank first, :func:`ssr.sentences.units.output_labels`) and the
@@ -36,6 +37,7 @@ from ssr.fsutil import atomic_dir
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
+LM_TEXT = "lm_text.txt"  # task sentences: extra language-model text, one sentence per line
 
 
 @dataclass
@@ -115,8 +117,10 @@ def write_processed(
     out_dir: str | os.PathLike[str],
     manifest: dict[str, Any],
     splits: Mapping[str, SplitArrays | SplitStream],
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a processed data set atomically: everything goes to a temp dir renamed at the end.
+    ``extra_files`` are text files written beside the arrays (e.g. :data:`LM_TEXT`).
 
     A :class:`SplitStream` is written straight into a memory-mapped file, one utterance at a time.
     """
@@ -136,6 +140,8 @@ def write_processed(
             (tmp / f"{name}_ids.json").write_text(json.dumps(arr.ids))
             if arr.texts is not None:
                 (tmp / f"{name}_text.json").write_text(json.dumps(arr.texts))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out
 

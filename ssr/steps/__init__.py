@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ssr.errors import SSRError
+from ssr.training.selection import selection_of
 from ssr.training.signals import sigterm_when_parent_dies
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 PROCESSED = "processed"
 PREEMPTED = 143  # ``ssr train``'s exit status after SIGTERM (128 + 15)
 RAW = "raw"
+SYNTH_LM_TEXT = "lm_text.txt"  # written by `ssr data synth --task sentences`
 
 
 class StepError(SSRError):
@@ -69,28 +71,32 @@ def preprocess_step(
     synth_args: Sequence[str],
 ) -> dict[str, Any]:
     """``ssr data synth`` (when ``data_uri`` is empty) then ``ssr preprocess`` into the artifact."""
+    from ssr.config import load_config
     from ssr.data.processed import read_manifest
     from ssr.storage import is_s3, localize
 
     out = Path(artifact_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg_args = config_args(config_yaml, out / "config")
+    cfg = load_config(cfg_args[1] if cfg_args else None, list(overrides))
     raw = out / RAW
+    extra: list[str] = []
     if data_uri and is_s3(data_uri):  # mirrored with the config's storage settings
-        from ssr.config import load_config
-
-        storage = load_config(cfg_args[1] if cfg_args else None, list(overrides)).storage
-        source = str(localize(data_uri, out / ".cache", storage))
+        source = str(localize(data_uri, out / ".cache", cfg.storage))
     elif data_uri:
         source = data_uri
     else:
-        run_cli(["data", "synth", "--out", str(raw), *synth_args])
+        task = [] if "--task" in synth_args else ["--task", cfg.task]
+        run_cli(["data", "synth", "--out", str(raw), *task, *synth_args])
         source = str(raw)
+        if cfg.task == "sentences" and not cfg.decoding.lm_text:  # the generator's LM text
+            extra.append(f"decoding.lm_text={raw / SYNTH_LM_TEXT}")
     run_cli(
         [
             "preprocess",
             *cfg_args,
             *overrides,
+            *extra,
             *_split_dirs(source),
             f"data.processed_dir={out / PROCESSED}",
         ]
@@ -169,7 +175,6 @@ def export_best(checkpoint_dir: str, model_path: str, storage: Any, run_id: str)
     including ``early_best`` (the best epoch lies in the first tenth of the epoch budget)."""
     from ssr.storage import download_to, join
     from ssr.training.checkpoint import BEST, load_checkpoint
-    from ssr.training.selection import selection_of
 
     download_to(join(checkpoint_dir, BEST), model_path, storage)
     state = load_checkpoint(model_path)
@@ -222,7 +227,8 @@ def train_step(
 def evaluate_step(
     artifact_dir: str, model_path: str, report_dir: str, config_yaml: str, overrides: Sequence[str]
 ) -> dict[str, Any]:
-    """``ssr evaluate --split test``; returns scalars, labels and the confusion matrix."""
+    """``ssr evaluate --split test``; returns scalars, the quality the pipeline gates on (test
+    accuracy, or word accuracy 1 - WER for sentences), labels and the confusion matrix."""
     with tempfile.TemporaryDirectory() as tmp:
         run_cli(
             [
@@ -241,12 +247,26 @@ def evaluate_step(
     from ssr.evaluation import read_metrics
 
     metrics = read_metrics(Path(report_dir) / "metrics.json")
+    if metrics.get("task") == "sentences":
+        scalars = {k: float(metrics[k]) for k in ("wer", "cer", "loss")}
+        scalars |= {f"greedy_{k}": float(v) for k, v in metrics["greedy"].items()}
+        for key, value in (metrics.get("baseline") or {}).items():
+            if key != "name":
+                scalars[f"baseline_{key}"] = float(value)
+        return {
+            "task": "sentences",
+            "scalars": scalars,
+            "quality": 1.0 - scalars["wer"],  # word accuracy: higher is better, like accuracy
+            "report_html": str(Path(report_dir) / "report.html"),
+        }
     scalars = {k: float(metrics[k]) for k in ("accuracy", "macro_f1", "loss")}
     for key, value in (metrics.get("baseline") or {}).items():
         if key in ("accuracy", "macro_f1"):
             scalars[f"baseline_{key}"] = float(value)
     return {
+        "task": "words",
         "scalars": scalars,
+        "quality": scalars["accuracy"],
         "report_html": str(Path(report_dir) / "report.html"),
         "labels": list(metrics["labels"]),
         "confusion_matrix": [[int(v) for v in row] for row in metrics["confusion_matrix"]],
@@ -275,7 +295,8 @@ def register_step(
     retried task, a re-run), that version is reused and no alias moves; the gate runs again
     only if it never finished for that version (its ``pipeline.gate_action`` tag is unset).
     A negative ``baseline_margin`` skips the baseline check (``registry.baseline_margin: null``;
-    a KFP float parameter cannot be null).
+    a KFP float parameter cannot be null). For a sentence model ``min_accuracy`` is a word
+    accuracy: the gate refuses a WER above ``1 - min_accuracy`` (``registry.max_wer``).
     """
     from ssr.config import load_config
     from ssr.registry.promote import CHAMPION, alias_version, promote
@@ -283,9 +304,12 @@ def register_step(
 
     if not pipeline_run_id.strip() or "{{" in pipeline_run_id:
         raise StepError(f"pipeline_run_id {pipeline_run_id!r} is not a pipeline run id")
+    # for sentences the pipeline's quality is word accuracy: the gate's WER ceiling follows it
+    max_wer = min(1.0, max(1e-6, 1.0 - min_accuracy))
     gate = [
         f"registry.model_name={model_name}",
         f"registry.min_accuracy={min_accuracy}",
+        f"registry.max_wer={max_wer}",
         f"registry.margin={margin}",
         f"registry.p_value={p_value}",
         f"registry.baseline_margin={'null' if baseline_margin < 0 else baseline_margin}",

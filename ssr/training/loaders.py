@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 
 from ssr.config import Config
-from ssr.data.processed import ProcessedSplit, collate
+from ssr.data.processed import LM_TEXT, ProcessedSplit, collate
 from ssr.errors import ConfigError
 from ssr.sentences.lm import LanguageModel, build_language_model, read_lm_text
 from ssr.storage import is_s3, localize
@@ -126,10 +126,14 @@ def make_loaders(
     )
 
 
-def training_language_model(cfg: Config, transcripts: list[str]) -> LanguageModel:
-    """The word language model and lexicon of a sentence training: the training transcripts
-    plus the sentences of ``decoding.lm_text`` (when set), of order ``decoding.lm_order``."""
-    text = list(transcripts)
-    if cfg.decoding.lm_text:
+def training_language_model(cfg: Config, train_set: ProcessedSplit) -> LanguageModel:
+    """The word language model and lexicon of a sentence training, of order
+    ``decoding.lm_order``: the training transcripts plus the data set's ``lm_text.txt`` (the
+    ``decoding.lm_text`` it was preprocessed with) or else ``decoding.lm_text``."""
+    text = list(train_set.texts)
+    stored = train_set.root / LM_TEXT
+    if stored.is_file():
+        text += read_lm_text(str(stored))
+    elif cfg.decoding.lm_text:
         text += read_lm_text(cfg.decoding.lm_text, cfg.storage)
     return build_language_model(text, cfg.decoding.lm_order)

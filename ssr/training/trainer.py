@@ -135,7 +135,7 @@ class Trainer(CheckpointState, Reporting):
         self.manifest, self.labels = splits.manifest, splits.labels
         self.language_model = None
         if self.sentences:  # built from the training transcripts (+ decoding.lm_text)
-            self.language_model = training_language_model(self.cfg, self.train_set.texts)
+            self.language_model = training_language_model(self.cfg, self.train_set)
 
     def _loaders(self) -> None:
         lo = make_loaders(self.cfg, self.train_set, self.val_set, self.device, self.dist)
