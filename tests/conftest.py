@@ -78,3 +78,39 @@ def mlflow_server(
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"ssr tests; CI={os.environ.get('CI', '')}"
+
+
+@pytest.fixture(scope="session")
+def sentence_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny sentence data set (tests/helpers_sentences.py) and a tiny CTC model trained on
+    it for 15 epochs (seconds on one thread), shared by the session: ``root`` (raw splits),
+    ``processed``, ``checkpoints`` (best_model.pth, last.pth) and ``outputs``."""
+    import torch
+    from helpers_sentences import SENTENCE_EPOCHS, TRAIN_OVERRIDES, data_overrides, make_sentences
+
+    from ssr.cli import main
+
+    root = tmp_path_factory.mktemp("sentences")
+    processed = make_sentences(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = main(
+            [
+                "train",
+                *data_overrides(root),
+                *TRAIN_OVERRIDES,
+                f"training.num_epochs={SENTENCE_EPOCHS}",
+                f"training.checkpoint_dir={root / 'checkpoints'}",
+                f"training.output_dir={root / 'outputs'}",
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    return {
+        "root": root,
+        "processed": processed,
+        "checkpoints": root / "checkpoints",
+        "outputs": root / "outputs",
+    }

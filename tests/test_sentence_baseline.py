@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_sentences import make_sentences
 from PIL import Image
 
-from ssr.config import load_config
-from ssr.data.formats import write_native
-from ssr.data.preprocess import run_preprocess
 from ssr.data.processed import ProcessedSplit
 from ssr.sentences.baseline import baseline_emissions, fit_linear_ctc
 from ssr.sentences.plots import (
@@ -22,58 +20,7 @@ from ssr.sentences.plots import (
     plot_posteriorgrams,
     transcript_rows,
 )
-from ssr.sentences.units import CHARACTERS, output_frames, output_labels
-
-RATE = 1000
-FREQS = (90.0, 210.0, 300.0, 400.0)  # Hz; clear of the 60 Hz notches, one band each
-WORDS = ("the", "cat", "sat", "on", "a", "mat", "big", "dog", "ran", "home", "quiz", "jump")
-SPLITS = {"train": 80, "val": 4, "test": 10}
-EDGE = 0.03  # s of quiet before and after the sentence (a space is a longer pause)
-OVERRIDES = [
-    "task=sentences",
-    "data.window_size=32",
-    "data.hop_length=10",
-    "model.input_size=16",
-    "model.subsample=2",
-]
-
-
-def _sentence(rng: np.random.Generator) -> str:
-    return " ".join(rng.choice(WORDS, size=int(rng.integers(2, 4))))
-
-
-def _emg(text: str, rng: np.random.Generator) -> np.ndarray:
-    """Background noise, then per letter a ~120 ms Hann-shaped tone on the letter's electrode
-    at the letter's frequency; a space is a ~100 ms pause."""
-    spans: list[tuple[int, int, int, float]] = []  # start, length, electrode, frequency
-    t = int(EDGE * RATE)
-    for char in text:
-        if char == " ":
-            t += int(rng.integers(80, 120))
-            continue
-        j = CHARACTERS.index(char) - 1  # apostrophe 0, letters 1..26
-        n = int(rng.integers(100, 140))
-        spans.append((t, n, j % 8, FREQS[j // 8] + rng.uniform(-5, 5)))
-        t += n
-    total = t + int(EDGE * RATE)
-    emg = 0.3 * rng.standard_normal((total, 8))
-    for start, n, electrode, freq in spans:
-        phase = rng.uniform(0, 2 * np.pi)
-        tone = np.sin(2 * np.pi * freq * np.arange(n) / RATE + phase) * np.hanning(n)
-        emg[start : start + n, electrode] += 3.0 * rng.uniform(0.8, 1.2) * tone
-    return emg.astype(np.float32)
-
-
-def make_sentences(root: Path) -> Path:
-    """Write the raw splits under ``root`` and preprocess them; the processed data set."""
-    rng = np.random.default_rng(7)
-    for split, count in SPLITS.items():
-        for i in range(count):
-            text = _sentence(rng)
-            write_native(root / split / "s1" / f"{i:03d}.npz", _emg(text, rng), text, RATE)
-    dirs = [f"data.{s}_dir={root / s}" for s in SPLITS]
-    cfg = load_config(None, [*OVERRIDES, *dirs, f"data.processed_dir={root / 'processed'}"])
-    return run_preprocess(cfg)
+from ssr.sentences.units import output_frames, output_labels
 
 
 @pytest.fixture(scope="module")
