@@ -1,8 +1,9 @@
 """A registered ``task: sentences`` model: it carries its lexicon, language model and decoding
 settings, answers raw EMG with transcripts in process (the checked load path), through
 `ssr predict` and over HTTP behind `ssr serve`, and gives the gate its test-split transcripts.
-Real MLflow + S3 servers (conftest); a tiny untrained ctc_transformer is enough for the
-plumbing (decoding itself is tested in test_sentence_decoding.py)."""
+Real MLflow + S3 servers (conftest); a tiny untrained ctc_transformer, evaluated and
+registered as `ssr evaluate` and `ssr register` do, is enough for the plumbing (decoding itself
+is tested in test_sentence_decoding.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import uuid
@@ -28,7 +28,6 @@ import torch
 import yaml
 from helpers_serving import server_env
 from mlflow.tracking import MlflowClient
-from safetensors.torch import save_file
 from servers import free_port, stop, wait_http
 
 from ssr.cli import main
@@ -38,30 +37,14 @@ from ssr.data.preprocess import run_preprocess
 from ssr.data.processed import ProcessedSplit
 from ssr.data.synth_sentences import SentenceOptions, generate_sentences
 from ssr.errors import RegistryError
+from ssr.evaluation import evaluate
 from ssr.model import build_model
 from ssr.registry import safe_load
-from ssr.registry.packaging import (
-    example_input,
-    log_classifier,
-    pip_requirements,
-    pyfunc_signature,
-    sentence_artifacts,
-)
-from ssr.registry.pyfunc_model import (
-    MANIFEST,
-    MODEL_INFO,
-    WEIGHTS,
-    EmgClassifier,
-    load_pyfunc,
-    transcripts_on_test_split,
-)
+from ssr.registry.packaging import pip_requirements
+from ssr.registry.pyfunc_model import load_pyfunc, transcripts_on_test_split
+from ssr.registry.register import register_model
 from ssr.sentences.lm import build_language_model
-from ssr.training.checkpoint import (
-    feature_state,
-    load_checkpoint,
-    restore_model,
-    save_checkpoint,
-)
+from ssr.training.checkpoint import feature_state, save_checkpoint
 
 pytestmark = pytest.mark.slow  # real MLflow + S3 servers, a registration, a scoring server
 
@@ -129,34 +112,16 @@ def _checkpoint(cfg: Config, out: Path) -> tuple[str, set[str]]:
     return save_checkpoint(state, str(out), "sentences.pth"), set(lm.words)
 
 
-def _register(cfg: Config, checkpoint: str, name: str) -> str:
-    """Log and register ``checkpoint`` as `ssr register` does (weights, model info, manifest,
-    plus :func:`sentence_artifacts`); the new version."""
-    state = load_checkpoint(checkpoint)
-    model, train_cfg, labels = restore_model(state, checkpoint)
-    split = ProcessedSplit(cfg.data.processed_dir, "test")
-    mlflow.set_experiment(cfg.tracking.mlflow.experiment)
-    with tempfile.TemporaryDirectory(prefix="ssr-register-") as tmp:
-        tmpdir = Path(tmp)
-        weights = tmpdir / "model.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-        (tmpdir / "model_info.json").write_text(
-            json.dumps({"model": train_cfg.model.model_dump(), "labels": labels})
-        )
-        (tmpdir / "manifest.json").write_text(json.dumps(split.manifest, sort_keys=True))
-        artifacts = {
-            WEIGHTS: str(weights),
-            MODEL_INFO: str(tmpdir / "model_info.json"),
-            MANIFEST: str(tmpdir / "manifest.json"),
-            **sentence_artifacts(state, tmpdir, checkpoint),
-        }
-        example = example_input(split)
-        signature = pyfunc_signature(EmgClassifier(), artifacts, example)
-        with mlflow.start_run(run_name="register-sentences"):
-            info = log_classifier(artifacts, signature=signature, input_example=example)
-    version = mlflow.register_model(info.model_uri, name, await_registration_for=120).version
-    MlflowClient().set_registered_model_alias(name, "champion", version)
-    return str(version)
+def _register(cfg: Config, checkpoint: str, root: Path) -> str:
+    """Evaluate ``checkpoint`` on the test split and register it (`ssr register`'s path, the
+    linear baseline skipped); alias the version ``champion``."""
+    eval_dir = root / "eval"
+    evaluate(
+        checkpoint, "test", cfg.data.processed_dir, str(eval_dir), device="cpu", baseline=False
+    )
+    info = register_model(cfg, checkpoint, str(eval_dir))
+    MlflowClient().set_registered_model_alias(info.name, "champion", info.version)
+    return info.version
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +141,7 @@ def sentence_model(
     run_preprocess(cfg)
     checkpoint, lexicon = _checkpoint(cfg, root / "ckpt")
     with server_env(mlflow_server, s3_server):
-        version = _register(cfg, checkpoint, name)
+        version = _register(cfg, checkpoint, root)
     return SentenceModel(name, version, root, cfg, lexicon)
 
 
