@@ -57,8 +57,8 @@ ALLOWED = {("ssr.fsutil", "ssr.errors")}
 # What runs where only the registered model's requirements are installed (its own environment
 # and the serve image): the module MLflow loads for the model and the serve image's entry
 # point. Then the requirements' import names where they differ from the distribution's.
-MODEL_ENTRIES = ("ssr.registry.pyfunc_model", "ssr.serving")
-IMPORT_NAMES = {"mlflow-skinny": "mlflow", "pyyaml": "yaml"}
+MODEL_ENTRIES = ("ssr.registry.pyfunc_model", "ssr.registry.transcriber", "ssr.serving")
+IMPORT_NAMES = {"mlflow-skinny": "mlflow", "pyyaml": "yaml", "flashlight-text": "flashlight"}
 
 # Third-party packages that take about 0.1 s or more to import (``python -X importtime``: torch,
 # mlflow and sklearn several seconds; safetensors for its ``safetensors.torch``).

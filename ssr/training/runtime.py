@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import random
 from collections.abc import Iterator
@@ -200,3 +201,20 @@ def restore_rank_rng(
                 "; the interrupted epoch restarts" if state.get("epoch_progress") else "",
             )
     return saved == world_size
+
+
+_TRIM_EVERY = 50  # training steps between returns of freed heap memory to the OS
+
+
+def release_freed_memory(step: int | None = None) -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere), every
+    ``_TRIM_EVERY`` steps when ``step`` is given. Batches of varying length (sentences) leave
+    glibc's heap fragmented: without this a small CTC model's process grew by ~0.5 GB per epoch
+    on CPU; with it, it stays flat, at no measurable cost in speed."""
+    if step is not None and step % _TRIM_EVERY:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, Windows, musl)
+        return
+    libc.malloc_trim(0)

@@ -48,6 +48,7 @@ from ssr.training.runtime import (
     grad_scaler,
     oom_guard,
     rank_seed,
+    release_freed_memory,
     rng_state,
     seed_everything,
     select_device,
@@ -215,6 +216,7 @@ class Trainer(CheckpointState, Reporting):
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.global_step += 1
+            release_freed_memory(self.global_step)
             total += step.loss_sum
             count += step.count
             mean = step.loss_sum / max(step.count, 1)
@@ -316,6 +318,7 @@ class Trainer(CheckpointState, Reporting):
                         self._save(improved=False)
                 break
             val = self.validate()
+            release_freed_memory()
             self.scheduler.step(val["session_mean_loss"])
             improved = self.early_stopping.step(val["session_mean_loss"], self.epoch)
             lr = self.optimizer.param_groups[0]["lr"]
