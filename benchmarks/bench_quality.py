@@ -22,6 +22,9 @@ reported as held out. Trainings run ``--jobs`` at a time, each in its own proces
     .venv/bin/python benchmarks/bench_quality.py --threads 1 --jobs 2   # the grid (about 1 h)
     .venv/bin/python benchmarks/bench_quality.py --seeds 1 --set training.ema=0   # an ablation
     .venv/bin/python benchmarks/bench_quality.py --quick                # tiny data, 1 epoch
+
+``--task sentences`` measures the sentence task instead (WER/CER with and without the language
+model against the linear CTC baseline, per data seed): see ``quality_sentences.py``.
 """
 
 from __future__ import annotations
@@ -189,6 +192,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument(
+        "--task",
+        choices=["words", "sentences"],
+        default="words",
+        help="words: this grid (default); sentences: per data seed WER/CER of the sentence "
+        "preset, see `--task sentences --help`",
+    )
+    parser.add_argument(
         "--profiles", nargs="+", default=None, help=f"session profiles (default {PROFILES})"
     )
     parser.add_argument(
@@ -280,6 +290,13 @@ def _summary_row(name: str, cells: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task", choices=["words", "sentences"], default="words")
+    if task.parse_known_args(argv)[0].task == "sentences":
+        from quality_sentences import main as sentences_main
+
+        return sentences_main(argv)
     args = _parse(argv)
     set_threads(args.threads)
     print_machine("cpu")
