@@ -3,8 +3,11 @@ baseline, then whole ``ssr preprocess`` runs on data sets of N and 2N minutes.
 
 Generates N minutes of synthetic 8-channel sEMG as utterances, runs both implementations on
 one core in the same process, checks that their features agree, and prints a Markdown table.
-The second table gives the wall time and peak resident memory of ``ssr preprocess`` (each in a
-fresh process) on written data sets of N and 2N minutes: memory should not grow with the data.
+A second table gives the real-time factor (seconds of EMG featurised per second, one core)
+at the configured frame rate and at the sentence presets' 100 frames per second (32 ms windows,
+10 ms hop, 16 bands; target: at least 500x real time). The last table gives the wall time and
+peak resident memory of ``ssr preprocess`` (each in a fresh process) on written data sets of N
+and 2N minutes: memory should not grow with the data.
 
     .venv/bin/python benchmarks/bench_preprocess.py --minutes 10
 """
@@ -32,6 +35,8 @@ from ssr.data.features import LOG_EPS, FeatureExtractor  # noqa: E402
 from ssr.data.filters import FilterParams, notch_frequencies  # noqa: E402
 from ssr.data.synth import SynthOptions, generate, sample_utterances  # noqa: E402
 
+# The frame rate of configs/sentences_*.yaml: 32 ms windows every 10 ms, 16 bands (100 frames/s).
+SENTENCE_RATE = ["data.window_size=32", "data.hop_length=10", "model.input_size=16"]
 # Runs `ssr preprocess` in this process and reports its peak resident set size (KiB on Linux).
 _MEASURE = (
     "import resource, sys\n"
@@ -97,6 +102,22 @@ def baseline_features(
     return np.stack(per_channel, axis=1).astype(np.float32)
 
 
+def realtime_factor(
+    emgs: list[np.ndarray], cfg: Config, mean: np.ndarray, std: np.ndarray, repeats: int = 3
+) -> tuple[float, float]:
+    """Seconds of EMG per second of the vectorised features of ``cfg`` (filter, normalise,
+    features; best of ``repeats`` passes, so a busy machine's slowest moments drop out), and
+    frames per second of EMG."""
+    extractor = FeatureExtractor.from_config(cfg, mean, std)
+    seconds = sum(e.shape[0] for e in emgs) / cfg.data.sampling_rate
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        frames = sum(extractor(e).shape[0] for e in emgs)
+        best = min(best, time.perf_counter() - t0)
+    return seconds / best, frames / seconds
+
+
 def _params(cfg: Config) -> FilterParams:
     return FeatureExtractor.from_config(cfg, np.zeros(8), np.ones(8)).filter_params
 
@@ -147,6 +168,17 @@ def main() -> None:
           f"from utterance edges; largest anywhere {every.max():.2e}")  # fmt: skip
     if med > 1e-3 or p99 > 0.05:
         raise SystemExit("FAILED: vectorised and baseline features disagree")
+
+    sentence_cfg = load_config(args.config, [*args.overrides, *SENTENCE_RATE])
+    print("\nreal-time factor on one core (seconds of EMG featurised per second, best of 3):\n")
+    print("| features | window / hop (samples) | bands | frames per s of EMG | real-time factor "
+          "| target |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---|")
+    for name, c in (("configured", cfg), ("sentence presets", sentence_cfg)):
+        factor, rate = realtime_factor(emgs, c, mean, std)
+        verdict = "" if c is cfg else ("PASS" if factor >= 500 else "MISS") + " (>= 500x)"
+        print(f"| {name} | {c.data.window_size} / {c.data.hop_length} | {c.model.input_size} | "
+              f"{rate:.1f} | {factor:,.0f}x | {verdict} |")  # fmt: skip
 
     config = ["--config", args.config] if args.config else []
     print("\n`ssr preprocess` end to end (read, check, filter, features, write), fresh process:\n")
