@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -88,6 +89,31 @@ def test_quality_quick() -> None:
     assert [r[0] for r in summary] == ["held out", "all"] and summary[1][1] == "2"
 
 
+def test_quality_sentences_quick(tmp_path: Path) -> None:
+    out = run_bench(
+        "bench_quality.py", "--task", "sentences", "--quick", "--seeds", "1", "2", "--jobs", "2",
+        "--decoding", "decoding.beam_size=8", "--json", str(tmp_path / "q.json"),
+    )  # fmt: skip
+    assert out.startswith("machine: ")
+    rows = table(out, "data seed | role")
+    assert [(r[0], r[1]) for r in rows] == [("1", "tuned"), ("2", "held out")]
+    for r in rows:
+        numbers = [float(v) for v in r[2:12] if v != "n/a"]
+        assert numbers and all(v >= 0 for v in numbers)
+    summary = table(out, "measure | target")
+    assert len(summary) == 10 and summary[0][1] == "<= 15"
+    assert all(
+        c.endswith(("PASS", "MISS"))
+        for r in summary
+        if r[1] != "reported"
+        for c in r[2:]
+        if c[0].isdigit()
+    )
+    kept = json.loads((tmp_path / "q.json").read_text())
+    assert [r["seed"] for r in kept["runs"]] == [1, 2]
+    assert kept["runs"][0]["metrics"]["decoding"]["beam_size"] == 8
+
+
 def test_train_quick() -> None:
     out = run_bench("bench_train.py", "--quick")
     assert "machine: " in out
@@ -99,6 +125,11 @@ def test_preprocess_short() -> None:
     out = run_bench("bench_preprocess.py", "--minutes", "0.2")
     rows = table(out, "implementation")
     assert len(rows) == 2
+    rates = table(out, "features | window / hop")
+    assert [r[0] for r in rates] == ["configured", "sentence presets"]
+    assert rates[1][1] == "32 / 10" and 95 < float(rates[1][3]) <= 100  # 100 frames/s
+    assert all(float(r[4].rstrip("x").replace(",", "")) > 0 for r in rates)
+    assert rates[1][5].split()[0] in ("PASS", "MISS")
     runs = table(out, "data set")
     assert len(runs) == 2 and float(runs[1][0]) > float(runs[0][0])
     assert all(float(r[3]) > 50 for r in runs)  # peak RSS in MiB of a real process
