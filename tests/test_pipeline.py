@@ -416,3 +416,47 @@ def test_failed_gate_registers_nothing(tracking_env, tmp_path):
     assert summary["registered_version"] is None
     assert _versions(tracking_env.uri, name) == []
     assert Path(summary["metrics"]).is_file()  # evaluation ran; only registration was skipped
+
+
+TINY_SENTENCES = [
+    "--sentences=4",
+    "--sessions=4",
+    "--train-sessions=2",
+    "--val-sessions=1",
+    "--test-sessions=1",
+    "--lm-sentences=100",
+]
+TINY_CTC = [
+    "model.hidden_size=16",
+    "model.num_heads=2",
+    "model.num_layers=1",
+    "training.batch_size=4",
+    "training.num_workers=0",
+]
+
+
+def test_local_sentence_run_registers_and_transcribes(tracking_env, tmp_path):
+    """The same pipeline for task sentences (configs/sentences_small.yaml): synthetic sentences,
+    CTC training, WER evaluation, the WER gate, a registered model that transcribes."""
+    from pipelines.run_local import TASK_CONFIGS, transcribe_example
+
+    name = f"ssr-sent-{uuid.uuid4().hex[:6]}"
+    summary = run_local(
+        tmp_path / "run",
+        epochs=1,
+        synth_args=TINY_SENTENCES,
+        overrides=TINY_CTC,
+        min_accuracy=0.0,  # word accuracy max(0, 1 - WER): one epoch need not reach any
+        model_name=name,
+        config=TASK_CONFIGS["sentences"],
+    )
+    versions = _versions(tracking_env.uri, name)
+    assert [v.version for v in versions] == [summary["registered_version"]]
+    assert versions[0].tags["task"] == "sentences"
+    assert versions[0].tags["pipeline.gate_action"] in {"promote", "reject"}
+    metrics = json.loads(Path(summary["metrics"]).read_text())
+    assert metrics["task"] == "sentences" and summary["test_wer"] == round(metrics["wer"], 4)
+    assert summary["baseline_test_wer"] == round(metrics["baseline"]["wer"], 4)
+    assert any("posteriorgram" in p for p in summary["plots"])
+    line = transcribe_example(summary)
+    assert line is not None and '"' in line and ".npz" in line  # FILE: "text" (confidence)

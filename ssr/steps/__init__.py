@@ -256,7 +256,8 @@ def evaluate_step(
         return {
             "task": "sentences",
             "scalars": scalars,
-            "quality": 1.0 - scalars["wer"],  # word accuracy: higher is better, like accuracy
+            # word accuracy (floored at 0: insertions can push WER above 1), higher is better
+            "quality": max(0.0, 1.0 - scalars["wer"]),
             "report_html": str(Path(report_dir) / "report.html"),
         }
     scalars = {k: float(metrics[k]) for k in ("accuracy", "macro_f1", "loss")}
