@@ -56,8 +56,8 @@ TARGETS: list[tuple[str, str, float | None, bool]] = [
     ("baseline_wer", "baseline WER (LM) %", None, True),
     ("ratio", "model / baseline WER", 0.5, True),
     ("lm_cut", "LM WER cut vs greedy (relative) %", 30.0, False),
-    ("train_minutes", "train minutes", 20.0, True),
-    ("total_minutes", "total minutes (synth to scores)", None, True),
+    ("train_minutes", "train minutes", None, True),
+    ("total_minutes", "total minutes (synth to scores)", 20.0, True),
 ]
 PERCENT = {"wer_known", "wer_unseen", "wer", "greedy_wer", "greedy_cer", "baseline_wer", "lm_cut"}
 
