@@ -37,6 +37,7 @@ from ssr.errors import ConfigError
 from ssr.model_blocks import (
     AttentionBlock,
     FactorisedBlock,
+    centre_utterances,
     check_model_input,
     sinusoidal_encoding,
 )
@@ -111,11 +112,7 @@ class SpatiotemporalTransformer(nn.Module):
             padding_mask = torch.zeros(b, t, dtype=torch.bool, device=x.device)
         weights = self.readout_weights(x, padding_mask)  # (B, T, K), computed on the raw input
         valid = (~padding_mask).to(x.dtype)[:, :, None, None]  # (B, T, 1, 1)
-        frames = valid.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, 1, 1, 1)
-        if self.cfg.centring == "band":  # per electrode and band: also the spectral shape
-            x = x - (x * valid).sum(dim=1, keepdim=True) / frames
-        else:  # per electrode, minus its mean over valid frames and all bins: the session gain
-            x = x - (x * valid).sum(dim=(1, 3), keepdim=True) / (frames * x.shape[-1])
+        x = centre_utterances(x, valid, self.cfg.centring)
         pos = self.position_encoding[:t].to(x.dtype)
         h = self.input_proj(x) + self.electrode_embedding.weight + pos[None, :, None, :]
         h = self.input_dropout(h)

@@ -105,3 +105,13 @@ def check_model_input(cfg: ModelConfig, x: torch.Tensor) -> None:
             f"utterance of {t} frames exceeds model.max_frames={cfg.max_frames}; "
             "raise model.max_frames (and retrain) or split long recordings"
         )
+
+
+def centre_utterances(x: torch.Tensor, valid: torch.Tensor, centring: str) -> torch.Tensor:
+    """``x`` (B, T, C, F) minus each utterance's mean log power over its valid frames
+    (``valid`` (B, T, 1, 1), 1.0 for a real frame): per electrode and band (``band``), or per
+    electrode over all bands (``electrode``, the session gain only)."""
+    frames = valid.sum(dim=1, keepdim=True).clamp_min(1.0)
+    if centring == "band":
+        return x - (x * valid).sum(dim=1, keepdim=True) / frames
+    return x - (x * valid).sum(dim=(1, 3), keepdim=True) / (frames * x.shape[-1])

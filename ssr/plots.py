@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 from ssr.fsutil import atomic_path
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Render ``fig`` to a PNG at ``path`` atomically (temp name, then rename)."""
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
@@ -49,7 +50,7 @@ def plot_confusion_matrix(
                     ax.text(
                         j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7, color=colour
                     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_predictions(
@@ -79,4 +80,4 @@ def plot_predictions(
         if i == 0:
             ax.set_ylabel("channel x bin")
     fig.suptitle("Validation predictions")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -148,15 +148,15 @@ def test_part_of_the_vocabulary_is_reordered_gestures(tmp_path: Path) -> None:
 
 
 def test_test_sessions_option_splits_held_out_sessions() -> None:
-    from ssr.data.synth import _split_sessions
+    from ssr.data.synth import split_sessions
 
-    default = _split_sessions(SynthOptions())  # 2 validation sessions where the data allows
+    default = split_sessions(SynthOptions())  # 2 validation sessions where the data allows
     assert default == {"train": [0, 1, 2, 3, 4], "val": [5, 6], "test": [7, 8]}
-    assert _split_sessions(SynthOptions(sessions=4, train_sessions=2))["val"] == [2]
-    assert _split_sessions(SynthOptions(sessions=8, train_sessions=3, val_sessions=3)) == {
+    assert split_sessions(SynthOptions(sessions=4, train_sessions=2))["val"] == [2]
+    assert split_sessions(SynthOptions(sessions=8, train_sessions=3, val_sessions=3)) == {
         "train": [0, 1, 2], "val": [3, 4, 5], "test": [6, 7]
     }  # fmt: skip
-    four = _split_sessions(SynthOptions(sessions=12, train_sessions=6, test_sessions=4))
+    four = split_sessions(SynthOptions(sessions=12, train_sessions=6, test_sessions=4))
     assert four == {"train": list(range(6)), "val": [6, 7], "test": [8, 9, 10, 11]}
     with pytest.raises(ConfigError, match="validation"):
         SynthOptions(sessions=6, train_sessions=3, test_sessions=3).validate()

@@ -47,7 +47,7 @@ def sample_utterances(
     return out
 
 
-def _split_sessions(opts: SynthOptions) -> dict[str, list[int]]:
+def split_sessions(opts: SynthOptions) -> dict[str, list[int]]:
     first_test = opts.sessions - opts.num_test_sessions
     return {
         "train": list(range(opts.train_sessions)),
@@ -56,11 +56,13 @@ def _split_sessions(opts: SynthOptions) -> dict[str, list[int]]:
     }
 
 
-def _check_out_dir(out: Path) -> None:
+def check_out_dir(out: Path, own: frozenset[str] | set[str] = _OWN_ENTRIES) -> None:
+    """Refuse an output folder that is a file, or holds anything but a previous synth output
+    (``own``: the names a synth output consists of)."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a directory")
     if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_ENTRIES)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in own)
         if foreign:
             raise DataError(
                 f"{out}: not empty and not a previous synth output (has {foreign[:3]}); "
@@ -79,10 +81,10 @@ def generate(
     opts = options or SynthOptions()
     opts.validate()
     out = Path(out_dir)
-    _check_out_dir(out)
+    check_out_dir(out)
     world = make_world(opts)
     sessions = [make_session(opts, world, s) for s in range(opts.sessions)]
-    split_of = {s: name for name, ids in _split_sessions(opts).items() for s in ids}
+    split_of = {s: name for name, ids in split_sessions(opts).items() for s in ids}
     words = vocabulary(opts.vocab)
 
     plan: dict[int, list[str]] = {s: [] for s in range(opts.sessions)}
@@ -95,7 +97,7 @@ def generate(
 
     stats: dict[str, dict[str, Any]] = {
         name: {"dir": str(out / name), "sessions": ids, "utterances": 0, "seconds": 0.0}
-        for name, ids in _split_sessions(opts).items()
+        for name, ids in split_sessions(opts).items()
     }
     total = sum(len(v) for v in plan.values())
     with atomic_dir(out) as tmp, progress_bar(total=total, desc="synth", unit="utt") as bar:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ssr.data.formats import write_gaddy, write_native
-from ssr.data.synth import SUMMARY, _split_sessions
+from ssr.data.synth import SUMMARY, check_out_dir, split_sessions
 from ssr.data.synth_model import (
     NUM_MUSCLES,
     Session,
@@ -36,7 +36,7 @@ from ssr.data.synth_model import (
     rng_for,
 )
 from ssr.data.synth_text import Grammar, choose_held_out, draw_unique, lm_lines, load_word_list
-from ssr.errors import ConfigError, DataError
+from ssr.errors import ConfigError
 from ssr.fsutil import atomic_dir
 from ssr.progress import progress_bar
 
@@ -182,18 +182,6 @@ def plan_text(opts: SentenceOptions, split_of: dict[int, str]) -> _Plan:
     return _Plan(texts, held, lm)
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a directory")
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_ENTRIES)
-        if foreign:
-            raise DataError(
-                f"{out}: not empty and not a previous synth output (has {foreign[:3]}); "
-                f"choose another --out"
-            )
-
-
 def generate_sentences(
     out_dir: str | os.PathLike[str], options: SentenceOptions | None = None
 ) -> dict[str, Any]:
@@ -203,8 +191,8 @@ def generate_sentences(
     opts.validate()
     sig = opts.signal_options()
     out = Path(out_dir)
-    _check_out_dir(out)
-    layout = _split_sessions(sig)
+    check_out_dir(out, _OWN_ENTRIES)
+    layout = split_sessions(sig)
     split_of = {s: name for name, ids in layout.items() for s in ids}
     plan = plan_text(opts, split_of)
     world = make_world(sig)

@@ -23,7 +23,12 @@ from torch import nn
 
 from ssr.architectures import register_architecture
 from ssr.config import ModelConfig
-from ssr.model_blocks import AttentionBlock, check_model_input, sinusoidal_encoding
+from ssr.model_blocks import (
+    AttentionBlock,
+    centre_utterances,
+    check_model_input,
+    sinusoidal_encoding,
+)
 from ssr.sentences.units import output_frames
 
 
@@ -80,11 +85,7 @@ class CTCTransformer(nn.Module):
         if padding_mask is None:
             padding_mask = torch.zeros(b, t, dtype=torch.bool, device=x.device)
         valid = (~padding_mask).to(x.dtype)[:, :, None, None]
-        frames = valid.sum(dim=1, keepdim=True).clamp_min(1.0)
-        if self.cfg.centring == "band":
-            x = x - (x * valid).sum(dim=1, keepdim=True) / frames
-        else:
-            x = x - (x * valid).sum(dim=(1, 3), keepdim=True) / (frames * x.shape[-1])
+        x = centre_utterances(x, valid, self.cfg.centring)
         # padding frames are zero going into the strided convolution, as its own padding is
         h = (self.input_proj(x) + self.electrode_embedding.weight) * valid  # (B, T, C, H)
         hd = h.shape[-1]

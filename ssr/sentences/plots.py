@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ssr.fsutil import atomic_path
+from ssr.plots import save_figure
 from ssr.sentences.units import BLANK, SPACE
 
 MAX_ITEMS = 4
@@ -25,13 +24,6 @@ TRANSCRIPT_COLUMNS = ["id", "reference", "hypothesis", "correct"]
 def unit_names(labels: Sequence[str]) -> list[str]:
     """Tick labels of the units: the blank as ``_``, the space as ``␣``."""
     return ["_" if u == BLANK else "\u2423" if u == SPACE else u for u in labels]
-
-
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return Path(path)
 
 
 def _draw(
@@ -73,7 +65,7 @@ def plot_posteriorgram(
     """One utterance's (T, U) log-probs as a frames x units image titled with its texts."""
     fig = Figure(figsize=(_width(len(log_probs)), 0.16 * len(labels) + 1.6), layout="constrained")
     _draw(fig.add_subplot(), log_probs, labels, reference, hypothesis)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_posteriorgrams(
@@ -90,7 +82,7 @@ def plot_posteriorgrams(
     fig = Figure(figsize=(width, len(shown) * (0.16 * len(labels) + 1.6)), layout="constrained")
     for i, (log_probs, reference, hypothesis) in enumerate(shown):
         _draw(fig.add_subplot(len(shown), 1, i + 1), log_probs, labels, reference, hypothesis)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def transcript_rows(
