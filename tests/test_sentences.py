@@ -6,15 +6,21 @@ baseline, with the lexicon and language model it carries."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from helpers_sentences import SENTENCE_EPOCHS, TRAIN_OVERRIDES, data_overrides
+from helpers_sentences import OVERRIDES, SENTENCE_EPOCHS, TRAIN_OVERRIDES, data_overrides
+from mlflow.tracking import MlflowClient
+from wandb_offline import offline_runs
 
 from ssr.cli import main
 from ssr.config import load_config
-from ssr.errors import ConfigError
+from ssr.data.formats import write_native
+from ssr.data.preprocess import run_preprocess
+from ssr.errors import ConfigError, DataError
 from ssr.sentences.lm import LanguageModel
 from ssr.training.checkpoint import load_checkpoint
 
@@ -115,3 +121,59 @@ def test_task_and_architecture_must_agree(sentence_run: dict[str, Path], tmp_pat
         from ssr.training.ctc import check_task_model
 
         check_task_model(build_model(cfg.model, 29), cfg.model_copy(update={"task": "sentences"}))
+
+
+def _raw_splits(root: Path, texts: dict[str, str], samples: int = 1500) -> list[str]:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        for i, (name, text) in enumerate(texts.items()):
+            emg = rng.standard_normal((samples, 8)).astype(np.float32)
+            write_native(root / split / "s1" / f"{name}{i}.npz", emg, text, 1000)
+    return [*OVERRIDES, *(f"data.{s}_dir={root / s}" for s in ("train", "val", "test"))]
+
+
+def test_a_transcript_outside_the_units_is_refused_naming_the_file(tmp_path: Path) -> None:
+    args = _raw_splits(tmp_path, {"ok": "the cat", "bad": "it costs 5 euros"})
+    out = tmp_path / "processed"
+    with pytest.raises(DataError, match=r"bad1\.npz: transcript 'it costs 5 euros' holds.*'5'"):
+        run_preprocess(load_config(None, [*args, f"data.processed_dir={out}"]))
+    assert not out.exists()  # nothing half-written
+
+
+def test_a_transcript_longer_than_the_frames_is_refused(tmp_path: Path) -> None:
+    long = "a very long sentence that no short recording can carry"
+    args = _raw_splits(tmp_path, {"short": "hi", "long": long}, samples=600)
+    with pytest.raises(DataError, match=r"long1\.npz: transcript of 54 characters needs"):
+        run_preprocess(load_config(None, [*args, f"data.processed_dir={tmp_path / 'p'}"]))
+
+
+def test_a_sentence_training_tracks_transcript_tables_and_posteriorgrams(
+    sentence_run: dict[str, Path], mlflow_server, tmp_path: Path, one_thread: None
+) -> None:
+    """One epoch with MLflow (real server) and W&B (offline): the reference/hypothesis table
+    and the posteriorgram of the validation epoch reach both."""
+    experiment = f"sent-{uuid.uuid4().hex[:8]}"
+    args = [
+        "train",
+        *data_overrides(sentence_run["root"]),
+        *[o for o in TRAIN_OVERRIDES if not o.startswith("tracking.")],
+        f"tracking.mlflow.tracking_uri={mlflow_server.uri}",
+        f"tracking.mlflow.experiment={experiment}",
+        "training.num_epochs=1",
+        f"training.checkpoint_dir={tmp_path / 'ck'}",
+        f"training.output_dir={tmp_path / 'out'}",
+    ]
+    assert main(args) == 0
+    client = MlflowClient(mlflow_server.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert "val/cer" in run.data.metrics and "val/session/s2/cer" in run.data.metrics
+    tables = [a.path for a in client.list_artifacts(run.info.run_id, "tables/val/transcripts")]
+    assert tables == ["tables/val/transcripts/step-000001.json"]
+    table = json.loads(
+        Path(client.download_artifacts(run.info.run_id, tables[0], str(tmp_path))).read_text()
+    )
+    assert table["columns"][:3] == ["utterance", "reference", "hypothesis"]
+    assert len(table["data"]) == 4  # every validation utterance
+    (wb,) = offline_runs(tmp_path)  # WANDB_DIR is tmp_path (conftest)
+    assert [step for step, _ in wb.series("val/transcripts/_type", "epoch")] == [1]
+    assert wb.series("val/posteriorgram/_type", "epoch")
