@@ -61,3 +61,29 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
         "confusion_matrix_epoch_2.png",
         "predictions_epoch_2.png",
     }
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_sentences(sentence_run: dict[str, Path], tmp_path: Path) -> None:
+    """task sentences under DDP: CTC loss, the ranks' greedy transcripts gathered back into
+    dataset order (4 validation utterances over 2 ranks), one checkpoint with the LM."""
+    from helpers_sentences import TRAIN_OVERRIDES, data_overrides
+
+    args = [
+        *data_overrides(sentence_run["root"]),
+        *TRAIN_OVERRIDES,
+        "training.num_epochs=2",
+        f"training.checkpoint_dir={tmp_path / 'checkpoints'}",
+        f"training.output_dir={tmp_path / 'outputs'}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", "-m", "ssr", "train", *args]
+    proc = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    state = load_checkpoint(str(tmp_path / "checkpoints" / "last.pth"))
+    assert state["world_size"] == 2 and state["epoch"] == 2
+    assert "language_model" in state and "val_cer" in state["history"][-1]
+    assert (tmp_path / "outputs" / "posteriorgram_epoch_2.png").is_file()
