@@ -28,6 +28,7 @@ from ssr.metrics import (
     macro_f1,
     per_class_metrics,
 )
+from ssr.metrics_json import check_per_session, is_number
 from ssr.plots import plot_confusion_matrix
 from ssr.progress import progress_bar
 from ssr.report import render_report
@@ -308,10 +309,6 @@ def _session_line(per_session: dict[str, dict[str, Any]]) -> str:
     return ", ".join(parts) or "none"
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read an ``ssr evaluate`` ``metrics.json`` (a sentence evaluation's is checked by
     :func:`ssr.sentences.evaluation.read_sentence_metrics`); DataError naming the file and
@@ -323,7 +320,7 @@ def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
     if metrics.get("task") == "sentences":
         return read_sentence_metrics(path, metrics)
     for key in ("accuracy", "macro_f1", "loss"):
-        if not _number(metrics.get(key)):
+        if not is_number(metrics.get(key)):
             raise DataError(f"{path}: {key!r} must be a number, got {metrics.get(key)!r}")
     labels = metrics.get("labels")
     if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
@@ -349,27 +346,14 @@ def _check_optional(path: Path, metrics: dict[str, Any]) -> None:
     baseline = metrics.get("baseline")
     if baseline is not None and not (
         isinstance(baseline, dict)
-        and all(_number(baseline.get(k)) for k in ("accuracy", "macro_f1"))
+        and all(is_number(baseline.get(k)) for k in ("accuracy", "macro_f1"))
     ):
         raise DataError(f"{path}: 'baseline' must be an object with numeric accuracy and macro_f1")
-    per_session = metrics.get("per_session")
-    if per_session is not None:
-        if not isinstance(per_session, dict):
-            raise DataError(f"{path}: 'per_session' must be an object of sessions")
-        for name, scores in per_session.items():
-            if not (
-                isinstance(scores, dict)
-                and all(_number(scores.get(k)) for k in ("num_samples", "accuracy"))
-                and all(_number(v) for v in scores.values())
-            ):
-                raise DataError(
-                    f"{path}: per_session[{name!r}] must be an object of numbers with "
-                    "num_samples and accuracy"
-                )
+    check_per_session(path, metrics.get("per_session"), "accuracy")
     selection = metrics.get("selection")
     if selection is not None and not (
         isinstance(selection, dict)
-        and all(_number(selection.get(k)) for k in ("best_epoch", "num_epochs"))
+        and all(is_number(selection.get(k)) for k in ("best_epoch", "num_epochs"))
         and isinstance(selection.get("early_best"), bool)
     ):
         raise DataError(

@@ -21,6 +21,7 @@ from ssr.data.processed import ProcessedSplit, collate
 from ssr.data.sessions import metric_keys, session_groups
 from ssr.errors import CheckpointError, DataError
 from ssr.fsutil import write_json, write_text
+from ssr.metrics_json import check_per_session, is_number
 from ssr.progress import progress_bar
 from ssr.sentences.baseline import NAME as BASELINE_NAME
 from ssr.sentences.baseline import baseline_emissions
@@ -285,35 +286,18 @@ def _write(
     )
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def read_sentence_metrics(path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     """Check a sentence evaluation's ``metrics.json`` (already parsed from ``path``): numeric
     ``wer``, ``cer``, ``loss``, ``greedy``, and if present ``baseline`` and ``per_session``
     scores; DataError naming the file and field."""
     for key in ("wer", "cer", "loss", "num_samples"):
-        if not _number(metrics.get(key)):
+        if not is_number(metrics.get(key)):
             raise DataError(f"{path}: {key!r} must be a number, got {metrics.get(key)!r}")
     for part, keys in (("greedy", ("wer", "cer")), ("baseline", ("wer", "greedy_wer"))):
         value = metrics.get(part)
         if (part == "greedy" or value is not None) and not (
-            isinstance(value, dict) and all(_number(value.get(k)) for k in keys)
+            isinstance(value, dict) and all(is_number(value.get(k)) for k in keys)
         ):
             raise DataError(f"{path}: {part!r} must be an object with numeric {', '.join(keys)}")
-    per_session = metrics.get("per_session")
-    if per_session is not None:
-        if not isinstance(per_session, dict):
-            raise DataError(f"{path}: 'per_session' must be an object of sessions")
-        for name, scores in per_session.items():
-            if not (
-                isinstance(scores, dict)
-                and all(_number(scores.get(k)) for k in ("num_samples", "wer"))
-                and all(_number(v) for v in scores.values())
-            ):
-                raise DataError(
-                    f"{path}: per_session[{name!r}] must be an object of numbers with "
-                    "num_samples and wer"
-                )
+    check_per_session(path, metrics.get("per_session"), "wer")
     return metrics
