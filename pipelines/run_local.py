@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nRegistered {version}.")
         print(f"Browse it with: make mlflow-ui  (MLflow at {summary['mlflow_tracking_uri']})")
     else:
-        print("\nNothing registered: the model did not pass the accuracy gate.")
+        what = "word accuracy (1 - WER)" if "test_wer" in summary else "accuracy"
+        print(f"\nNothing registered: the model's test {what} is below min_accuracy.")
     return 0
 
 
