@@ -70,6 +70,27 @@ def check_out_dir(out: Path, own: frozenset[str] | set[str] = _OWN_ENTRIES) -> N
             )
 
 
+def write_utterance(
+    folder: Path,
+    fmt: str,
+    session: int,
+    index: int,
+    first: int,
+    emg: np.ndarray,
+    label: str,
+    sampling_rate: float,
+) -> None:
+    """Write utterance ``index`` of ``session`` into ``folder``: ``{index:05d}.npz`` (native)
+    or Gaddy entry ``first + index`` (``first`` 1 after a leading silence entry)."""
+    if fmt == "native":
+        write_native(folder / f"{index:05d}.npz", emg, label, sampling_rate)
+        return
+    info: dict[str, Any] = {"session": session}
+    if sampling_rate != 1000.0:
+        info["sampling_rate"] = sampling_rate
+    write_gaddy(folder, first + index, emg, label, sentence_index=index, extra_info=info)
+
+
 def generate(
     out_dir: str | os.PathLike[str], options: SynthOptions | None = None
 ) -> dict[str, Any]:
@@ -112,13 +133,7 @@ def generate(
                 first = 1
             for u, word in enumerate(plan[s]):
                 emg = utterance(opts, world, session, s, u, word)
-                if opts.fmt == "native":
-                    write_native(folder / f"{u:05d}.npz", emg, word, opts.sampling_rate)
-                else:
-                    info: dict[str, Any] = {"session": s}
-                    if opts.sampling_rate != 1000.0:
-                        info["sampling_rate"] = opts.sampling_rate
-                    write_gaddy(folder, first + u, emg, word, sentence_index=u, extra_info=info)
+                write_utterance(folder, opts.fmt, s, u, first, emg, word, opts.sampling_rate)
                 stats[split]["utterances"] += 1
                 stats[split]["seconds"] += emg.shape[0] / opts.sampling_rate
                 bar.update()

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ssr.data.formats import write_gaddy, write_native
-from ssr.data.synth import SUMMARY, check_out_dir, split_sessions
+from ssr.data.formats import write_gaddy
+from ssr.data.synth import SUMMARY, check_out_dir, split_sessions, write_utterance
 from ssr.data.synth_model import (
     NUM_MUSCLES,
     Session,
@@ -219,13 +219,7 @@ def generate_sentences(
             for u, text in enumerate(plan.texts[s]):
                 rng = rng_for(opts.seed, _STREAM + 2, s, u)
                 emg = sentence_utterance(sig, world, session, typical, text, rng)
-                if opts.fmt == "native":
-                    write_native(folder / f"{u:05d}.npz", emg, text, opts.sampling_rate)
-                else:
-                    info: dict[str, Any] = {"session": s}
-                    if opts.sampling_rate != 1000.0:
-                        info["sampling_rate"] = opts.sampling_rate
-                    write_gaddy(folder, first + u, emg, text, sentence_index=u, extra_info=info)
+                write_utterance(folder, opts.fmt, s, u, first, emg, text, opts.sampling_rate)
                 entry = stats[split]
                 entry["utterances"] += 1
                 entry["seconds"] += emg.shape[0] / opts.sampling_rate
