@@ -55,12 +55,18 @@ DOCKER_RUN_FLAGS ?=
 GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 MLFLOW_IMAGE ?= $(IMAGE_REGISTRY)/ssr-mlflow:$(VERSION)
 TORCH_VERSION ?= 2.13.0
-# Where `make wheelhouse` looks for the CPU torch wheel (besides pip's configured indexes).
-TORCH_CPU_INDEX_URL ?= https://download.pytorch.org/whl/cpu
-# PyPI's Linux torch wheels are CUDA builds that bundle the CUDA runtime.
-CUDA_TORCH_INDEX_URL ?= https://pypi.org/simple
+# Package indexes: by default pip and apt use what this machine is configured with. Optional:
+# TORCH_CPU_INDEX_URL, an extra index `make wheelhouse` searches for the CPU torch wheel (PyTorch's
+# CPU-only wheel index, when pip's own index holds only CUDA builds); CUDA_TORCH_INDEX_URL, the
+# index the CUDA image takes torch from (empty: the build's pip index, whose Linux torch wheels
+# are CUDA builds); PIP_INDEX_URL / PIP_EXTRA_INDEX_URL (from the environment) are handed to pip
+# inside the image builds, which otherwise use pip's default.
+TORCH_CPU_INDEX_URL ?=
+CUDA_TORCH_INDEX_URL ?=
 WHEELHOUSE := docker/wheelhouse
-BUILD_ARGS = --build-arg VERSION=$(VERSION) --build-arg GIT_COMMIT=$(GIT_COMMIT)
+BUILD_ARGS = --build-arg VERSION=$(VERSION) --build-arg GIT_COMMIT=$(GIT_COMMIT) \
+	$(if $(PIP_INDEX_URL),--build-arg INDEX_URL=$(PIP_INDEX_URL)) \
+	$(if $(PIP_EXTRA_INDEX_URL),--build-arg EXTRA_INDEX_URL="$(PIP_EXTRA_INDEX_URL)")
 # component-local: the raw data folder (train/val/test) mounted read-only at /data; everything
 # the component writes lands in OUTPUTS_DIR, mounted at /outputs.
 COMPONENT ?= preprocess
@@ -93,16 +99,16 @@ wheelhouse: ## put the CPU torch wheel in docker/wheelhouse (the CPU image insta
 	else \
 	  $(BIN)/pip download "torch==$(TORCH_VERSION)" --no-deps --only-binary=:all: \
 	    --python-version 3.11 --platform manylinux_2_28_x86_64 \
-	    --extra-index-url $(TORCH_CPU_INDEX_URL) -d $(WHEELHOUSE); \
+	    $(if $(TORCH_CPU_INDEX_URL),--extra-index-url $(TORCH_CPU_INDEX_URL)) -d $(WHEELHOUSE); \
 	fi
 
 image-cpu: wheelhouse ## build the CPU image IMAGE (torch from the wheelhouse)
 	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile $(BUILD_ARGS) -t $(IMAGE) .
 
-image-cuda: ## build the CUDA image CUDA_IMAGE (torch from CUDA_TORCH_INDEX_URL)
+image-cuda: ## build the CUDA image CUDA_IMAGE (torch from the package index, or CUDA_TORCH_INDEX_URL)
 	@mkdir -p $(WHEELHOUSE)
-	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile $(BUILD_ARGS) \
-	  --build-arg TORCH_INDEX_URL=$(CUDA_TORCH_INDEX_URL) -t $(CUDA_IMAGE) .
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile $(BUILD_ARGS) --build-arg TORCH_FROM=index \
+	  $(if $(CUDA_TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(CUDA_TORCH_INDEX_URL)) -t $(CUDA_IMAGE) .
 
 image-mlflow: ## build MLFLOW_IMAGE, the tracking server the k8s manifests deploy
 	@mkdir -p $(WHEELHOUSE)

@@ -8,13 +8,22 @@
 # (docker.io/library/debian:bookworm-slim). Nothing is rebuilt when that image already exists.
 # Needs root and debootstrap. Environment: DOCKER (container CLI, default podman; may carry
 # global flags, e.g. "podman --storage-driver=vfs"), SUITE (default bookworm),
-# DEBIAN_MIRROR (default http://deb.debian.org/debian).
+# DEBIAN_MIRROR (default: the first Debian archive this machine's apt sources name, else
+# debootstrap's own default).
 set -euo pipefail
 
 name="${1:-docker.io/library/debian:bookworm-slim}"
 read -r -a docker <<<"${DOCKER:-podman}"
 suite="${SUITE:-bookworm}"
-mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+# The first Debian archive URI of this machine's apt sources (one-line and deb822 formats).
+apt_mirror() {
+  local files=(/etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources)
+  cat "${files[@]}" 2>/dev/null | awk '
+    /^[[:space:]]*deb[[:space:]]/ { for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) { print $i; break } }
+    /^[[:space:]]*URIs:/ { print $2 }' | grep -v -i security | head -n 1 || true
+}
+mirror="${DEBIAN_MIRROR:-$(apt_mirror)}"
 
 if "${docker[@]}" image inspect "$name" >/dev/null 2>&1; then
   echo "base image $name exists; not rebuilding"
@@ -26,8 +35,8 @@ command -v debootstrap >/dev/null || { echo "error: debootstrap is not installed
 rootfs="$(mktemp -d "${TMPDIR:-/tmp}/ssr-base.XXXXXX")"
 trap 'rm -rf "$rootfs"' EXIT
 
-echo "debootstrap $suite from $mirror into $rootfs"
-debootstrap --variant=minbase "$suite" "$rootfs" "$mirror"
+echo "debootstrap $suite from ${mirror:-the default archive of debootstrap} into $rootfs"
+debootstrap --variant=minbase "$suite" "$rootfs" ${mirror:+"$mirror"}
 # Keep the image small: no package caches or lists (the Dockerfile runs apt-get update itself).
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
   "$rootfs"/var/log/* "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*
