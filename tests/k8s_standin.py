@@ -4,6 +4,11 @@ Speaks the custom-objects endpoints of ``trainjobs`` (create: 201, or 409 when i
 delete), ``clustertrainingruntimes`` (get), and the core pods list and pods/log. A test scripts
 each job's status: the states a job goes through, one per GET (``Running`` ... then
 ``Complete`` or ``Failed`` with a message), and node 0's log lines.
+
+``unknown_fields`` plays an older Trainer's CRD: the field paths (list indices left out) its
+schema lacks. A create with ``fieldValidation=Strict`` naming one is refused as the API server
+refuses it (400, ``strict decoding error: unknown field "..."``); any other create drops them
+silently, as the server's default (Warn) does.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class StandIn:
     default_script: list[tuple[str, str]] = field(default_factory=lambda: [("Complete", "")])
     logs: dict[str, list[str]] = field(default_factory=dict)
     runtimes: set[str] = field(default_factory=lambda: {"torch-distributed"})
+    unknown_fields: set[str] = field(default_factory=set)
     on_complete: Any = None  # called with a job when it turns Complete
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -49,6 +55,7 @@ class StandIn:
             self.requests.clear()
             self.default_script = [("Complete", "")]
             self.on_complete = None
+            self.unknown_fields.clear()
 
     def add_job(self, namespace: str, body: dict[str, Any], state: str, message: str = "") -> None:
         """A job as if an earlier attempt had created it, in ``state``."""
@@ -94,14 +101,42 @@ def _set_state(job: dict[str, Any], state: str, message: str) -> None:
         job["status"] = {"conditions": []}
 
 
-def _status(code: int, reason: str) -> dict[str, Any]:
+def _status(code: int, reason: str, message: str = "") -> dict[str, Any]:
     return {
         "kind": "Status",
         "apiVersion": "v1",
         "status": "Failure",
+        "message": message,
         "code": code,
         "reason": reason,
     }
+
+
+def _paths(value: Any, prefix: str = "") -> list[str]:
+    """Every field path of ``value`` as the API server names them (``a.b[0].c``)."""
+    out = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else key
+            out += [path, *_paths(item, path)]
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out += _paths(item, f"{prefix}[{i}]")
+    return out
+
+
+def _drop(value: Any, unknown: set[str], prefix: str = "") -> Any:
+    """``value`` without the fields in ``unknown`` (what pruning keeps)."""
+    if isinstance(value, dict):
+        kept = {}
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else key
+            if path not in unknown:
+                kept[key] = _drop(item, unknown, path)
+        return kept
+    if isinstance(value, list):
+        return [_drop(item, unknown, prefix) for item in value]
+    return value
 
 
 def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
@@ -136,7 +171,17 @@ def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
                     key = (namespace, body["metadata"]["name"])
                     if key in state.jobs:
                         return self._send(409, _status(409, "AlreadyExists"))
-                    job = json.loads(json.dumps(body))
+                    unknown = [
+                        p for p in _paths(body) if re.sub(r"\[\d+\]", "", p) in state.unknown_fields
+                    ]
+                    if unknown and query.get("fieldValidation") == "Strict":
+                        named = ", ".join(f'unknown field "{p}"' for p in unknown)
+                        message = (
+                            'TrainJob in version "v1alpha1" cannot be handled as a TrainJob: '
+                            f"strict decoding error: {named}"
+                        )
+                        return self._send(400, _status(400, "BadRequest", message))
+                    job = _drop(json.loads(json.dumps(body)), state.unknown_fields)
                     _set_state(job, "Running", "")
                     state.jobs[key] = job
                     return self._send(201, job)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from k8s_standin import StandIn, start_standin
+from test_k8s import render
 
 from ssr.cluster import node
 from ssr.cluster.secrets import SECRETS
@@ -153,7 +155,22 @@ def expected_body(bucket: str) -> dict:
                                         "template": {
                                             "spec": {
                                                 "template": {
+                                                    "metadata": {
+                                                        "labels": {
+                                                            "sidecar.istio.io/inject": "false",
+                                                            "ssr.io/role": "pipeline",
+                                                        }
+                                                    },
                                                     "spec": {
+                                                        "securityContext": {
+                                                            "runAsNonRoot": True,
+                                                            "runAsUser": 1000,
+                                                            "runAsGroup": 1000,
+                                                            "fsGroup": 1000,
+                                                            "seccompProfile": {
+                                                                "type": "RuntimeDefault"
+                                                            },
+                                                        },
                                                         "terminationGracePeriodSeconds": 120,
                                                         "volumes": [
                                                             {
@@ -167,6 +184,14 @@ def expected_body(bucket: str) -> dict:
                                                         "containers": [
                                                             {
                                                                 "name": "node",
+                                                                "securityContext": {
+                                                                    "allowPrivilegeEscalation": (
+                                                                        False
+                                                                    ),
+                                                                    "capabilities": {
+                                                                        "drop": ["ALL"]
+                                                                    },
+                                                                },
                                                                 "volumeMounts": [
                                                                     {
                                                                         "name": "dshm",
@@ -182,7 +207,7 @@ def expected_body(bucket: str) -> dict:
                                                                 "effect": "NoSchedule",
                                                             }
                                                         ],
-                                                    }
+                                                    },
                                                 }
                                             }
                                         },
@@ -195,6 +220,75 @@ def expected_body(bucket: str) -> dict:
             ],
         },
     }
+
+
+def _node_pod(body: dict) -> dict:
+    """The pod template the runtime patch puts on the ``node`` replicated job."""
+    spec = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
+    (job,) = [j for j in spec["replicatedJobs"] if j["name"] == "node"]
+    return job["template"]["spec"]["template"]
+
+
+def test_node_pods_skip_istio_reach_mlflow_and_meet_restricted_pod_security(tmp_path):
+    """Profile namespaces inject an Istio sidecar that torchrun's rendezvous cannot pass; the
+    MLflow NetworkPolicies admit pods labelled ssr.io/role=pipeline; Pod Security "restricted"
+    needs non-root, no privilege escalation, no capabilities and a seccomp profile."""
+    pod = _node_pod(build_trainjob("ssr-train-x", NAMESPACE, IMAGE, 2, 1, []))
+    labels = pod["metadata"]["labels"]
+    assert labels["sidecar.istio.io/inject"] == "false"
+    security = pod["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["spec"]["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    # The labels are those the MLflow NetworkPolicies of every overlay admit.
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not on PATH")
+    for overlay in ("profile", "dev"):
+        objects = render(overlay, tmp_path / overlay)
+        policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+        admitted = [
+            peer["podSelector"]["matchLabels"]
+            for policy in policies
+            if policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+            == "ssr-mlflow"
+            for rule in policy["spec"].get("ingress", [])
+            for peer in rule.get("from", [])
+            if peer.get("podSelector", {}).get("matchLabels")
+        ]
+        assert any(sel.items() <= labels.items() for sel in admitted), (overlay, admitted)
+
+
+OLD_TRAINERS = {
+    # Fields of ssr's TrainJob missing from each release's TrainJob CRD (kubeflow/trainer
+    # manifests/base/crds/trainer.kubeflow.org_trainjobs.yaml at v2.1.0 and v2.2.1).
+    "v2.1": {"spec.activeDeadlineSeconds", "spec.runtimePatches"},
+    "v2.2": {
+        "spec.runtimePatches.trainingRuntimeSpec.template.spec.replicatedJobs.template.spec"
+        ".template.spec.terminationGracePeriodSeconds"
+    },
+}
+
+
+@pytest.mark.parametrize("release", sorted(OLD_TRAINERS))
+def test_an_older_trainer_is_refused_by_name_not_silently_stripped(
+    cluster, tmp_path, release, capsys
+):
+    """The launcher creates with strict field validation: a Trainer whose CRD lacks a field
+    refuses the job (the server's default, Warn, would drop the field and run without it)."""
+    standin = cluster["standin"]
+    standin.unknown_fields.update(OLD_TRAINERS[release])
+    with pytest.raises(StepError):
+        _step(cluster, tmp_path)
+    err = capsys.readouterr().err
+    assert "needs Kubeflow Trainer v2.3 or later" in err
+    assert f"(Trainer {'v2.2' if release == 'v2.1' else 'v2.3'}+)" in err
+    for path in OLD_TRAINERS[release]:
+        assert path.split(".")[-1] in err
+    assert standin.jobs == {}  # nothing was created without the fields
 
 
 def test_job_name_is_one_dns_label_per_run():

@@ -7,6 +7,7 @@ and created again (``--resume auto`` continues from the checkpoints); a ``Comple
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ from ssr.cluster.trainjob import (
     RUNTIME_PLURAL,
     VERSION,
     TrainJobError,
+    unknown_fields_message,
     validate_trainjob,
 )
 
@@ -100,13 +102,17 @@ class TrainJobs:
             raise _api_error(exc, f"read TrainJob {self.namespace}/{name}") from None
 
     def create(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create ``body``; (the job, True) or, when it exists already, (that job, False)."""
+        """Create ``body``; (the job, True) or, when it exists already, (that job, False).
+
+        With strict field validation: the API server's default (Warn) would drop the fields an
+        older Trainer's CRD lacks and start a job without them (no /dev/shm, no GPU toleration,
+        no deadline); Strict refuses it, and the refusal names the Trainer release needed."""
         from kubernetes.client.exceptions import ApiException
 
         name = body["metadata"]["name"]
         try:
             made = self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, body
+                GROUP, VERSION, self.namespace, PLURAL, body, field_validation="Strict"
             )
             return made, True
         except ApiException as exc:
@@ -114,7 +120,10 @@ class TrainJobs:
                 found = self.get(name)
                 if found is not None:
                     return found, False
-            raise _api_error(exc, f"create TrainJob {self.namespace}/{name}") from None
+            where = f"TrainJob {self.namespace}/{name}"
+            if exc.status in (400, 422) and (hint := unknown_fields_message(_message(exc))):
+                raise TrainJobError(f"cannot create {where}: {hint}") from None
+            raise _api_error(exc, f"create {where}") from None
 
     def delete(self, name: str, wait: float = 0.0, poll: float = 2.0) -> bool:
         """Delete the job and what it owns (foreground); False when there was none. With
@@ -165,6 +174,15 @@ class TrainJobs:
             log.debug("no log of %s yet (HTTP %s)", pod, exc.status)
             return None
         return pod, text
+
+
+def _message(exc: Any) -> str:
+    """The ``message`` of the API server's Status in an ApiException (else its body)."""
+    body = getattr(exc, "body", None) or ""
+    try:
+        return str(json.loads(body).get("message") or body)
+    except (ValueError, AttributeError):
+        return str(body)
 
 
 def _api_error(exc: Any, what: str) -> TrainJobError:

@@ -27,6 +27,30 @@ RUN_ID_LABEL = "ssr.io/pipeline-run-id"
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
+# Labels on the TrainJob's pods: no Istio sidecar (Profile namespaces inject one, and torchrun's
+# rendezvous at the master on port 29500 does not get through it: kubeflow/trainer issue 2794),
+# and the role MLflow's NetworkPolicy admits (k8s/base/server, k8s/overlays/profile/server): the
+# nodes log metrics to MLflow like the pipeline's own pods.
+POD_LABELS = {"sidecar.istio.io/inject": "false", "ssr.io/role": "pipeline"}
+# Pod Security "restricted" (what k8s/ sets for its own pods): the images run as uid 1000.
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+# The fields of the body that older Trainers do not know, and the release that added them: the
+# API server drops them silently under its default field validation (Warn); the launcher creates
+# with Strict validation and names the release when the server refuses one.
+MIN_TRAINER = "v2.3"
+FIELD_RELEASES = {
+    "terminationGracePeriodSeconds": "v2.3",
+    "runtimePatches": "v2.2",
+    "activeDeadlineSeconds": "v2.2",
+}
+
 # Preemption: the trainers get SHUTDOWN_SECONDS after SIGTERM to save a checkpoint (torchrun's
 # --shutdown-timeout), inside a pod grace period with room for torchrun itself to exit.
 SHUTDOWN_SECONDS = 90
@@ -56,23 +80,49 @@ def _resources(gpus: int, cpu: str, memory: str, gpu_resource: str) -> dict[str,
 
 
 def _runtime_patch(gpus: int, shm_size: str, gpu_resource: str) -> dict[str, Any]:
-    """/dev/shm as a memory-backed emptyDir (DataLoader workers; the runtime has none), the
-    preemption grace period and, with GPUs, a toleration of the GPU nodes' taint; on the
-    runtime's ``node`` pods."""
+    """On the runtime's ``node`` pods: :data:`POD_LABELS`, the restricted security context,
+    /dev/shm as a memory-backed emptyDir (DataLoader workers; the runtime has none), the
+    preemption grace period and, with GPUs, a toleration of the GPU nodes' taint."""
+    container = {
+        "name": NODE,
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+    }
     pod: dict[str, Any] = {
+        "securityContext": POD_SECURITY,
         # torchrun (the pod's PID 1) passes SIGTERM to the trainers and waits SHUTDOWN_SECONDS
         # for their checkpoint before SIGKILL; the kubelet must wait longer than that.
         "terminationGracePeriodSeconds": GRACE_SECONDS,
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}}],
-        "containers": [{"name": NODE, "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}],
+        "containers": [container],
     }
     if gpus:
         pod["tolerations"] = [{"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"}]
-    replicated = {"name": NODE, "template": {"spec": {"template": {"spec": pod}}}}
+    template = {"metadata": {"labels": dict(POD_LABELS)}, "spec": pod}
+    replicated = {"name": NODE, "template": {"spec": {"template": template}}}
     return {
         "manager": PATCH_MANAGER,
         "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [replicated]}}},
     }
+
+
+def unknown_fields_message(server_message: str) -> str:
+    """One line for an API server's strict-validation refusal ("" when it names no unknown
+    field): the fields the cluster's Trainer does not know, the release that added each, and
+    the one this body needs (:data:`MIN_TRAINER`)."""
+    fields = re.findall(r'unknown field "([^"]+)"', server_message)
+    if not fields:
+        return ""
+    named = []
+    for path in fields:
+        keys = re.sub(r"\[\d+\]", "", path).split(".")
+        # the most specific first: a patch field inside runtimePatches names its own release
+        since = next((rel for key, rel in FIELD_RELEASES.items() if key in keys), "")
+        named.append(f"{path} (Trainer {since}+)" if since else path)
+    return (
+        f"the cluster's Kubeflow Trainer does not know {', '.join(named)}: ssr's TrainJob "
+        f"needs Kubeflow Trainer {MIN_TRAINER} or later (upgrade it, or train on one node)"
+    )
 
 
 def build_trainjob(
