@@ -206,6 +206,12 @@ class MlflowConfig(_Section):
     enabled: bool = True
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "ssr-emg"
+    required: bool = Field(
+        False,
+        description="fail the job when MLflow cannot be reached as it starts, or when logged "
+        "calls are still lost at its end; off: an unreachable MLflow is an error line in the "
+        "log and the job goes on",
+    )
 
 
 class WandbConfig(_Section):

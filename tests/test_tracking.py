@@ -233,9 +233,59 @@ def test_mlflow_down_from_the_start_leaves_wandb_working(tmp_path, caplog):
     assert time.monotonic() - start < 30
     assert "mlflow" not in tracker.run_ids()
     assert any("mlflow unreachable at the end" in r.getMessage() for r in caplog.records)
+    # Said once as an error, naming the server and what to check (a cluster step's log shows it).
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "cannot be reached" in error.getMessage() and "127.0.0.1" in error.getMessage()
+    assert "ssr.io/role=pipeline" in error.getMessage()
     (wb,) = offline_runs(tmp_path, tracker.run_ids()["wandb"])
     assert wb.series("test/accuracy", "epoch") == [(1, 0.5), (2, 1.0)]
     assert wb.config["tags.job"] == "evaluate"
+
+
+def test_required_mlflow_that_cannot_be_reached_fails_the_job(tmp_path):
+    """tracking.mlflow.required: `ssr train` exits non-zero before training, in one line."""
+    processed = make_processed(tmp_path / "processed", n_classes=2, per_class=4)
+    uri = f"http://127.0.0.1:{free_port()}"
+    args = tiny_overrides(processed, tmp_path, training__num_epochs=1)
+    args += ["tracking.mlflow.enabled=true", f"tracking.mlflow.tracking_uri={uri}"]
+    args += ["tracking.mlflow.required=true"]
+    args += ["tracking.wandb.enabled=false"]
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssr", "train", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert f"MLflow at {uri} cannot be reached" in proc.stderr, proc.stderr[-2000:]
+    assert "tracking.mlflow.required is true" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("*.pth")), "no training ran"
+
+
+def test_required_mlflow_that_loses_calls_fails_at_the_end(mlflow_server, monkeypatch):
+    """Started, then the server is gone (a real client of a closed port): the calls it could
+    not send fail the job at finish when required; a failing job keeps its own error."""
+    from mlflow.tracking import MlflowClient as Client
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    cfg = _cfg(mlflow_server.uri, "tracking.mlflow.required=true", "tracking.wandb.enabled=false")
+    for status, raises in (("FINISHED", True), ("FAILED", False)):
+        tracker = open_tracker(cfg, job="evaluate", fingerprint=FINGERPRINT)
+        (backend,) = tracker.backends.values()
+        backend.client = Client(f"http://127.0.0.1:{free_port()}")
+        try:
+            tracker.log_metrics({"test/accuracy": 0.5}, step=1)
+            if raises:
+                with pytest.raises(Exception, match="never reached MLflow.*required is true"):
+                    tracker.finish(status)
+            else:
+                tracker.finish(status)
+        finally:
+            backend.client = Client(mlflow_server.uri)
 
 
 def test_env_overrides_and_switches(mlflow_server, tmp_path, monkeypatch):

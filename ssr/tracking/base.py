@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ssr.errors import TrackingError
 from ssr.redact import redact
 from ssr.tracking.context import default_run_name, run_tags
 from ssr.tracking.fanout import FanoutTracker
@@ -67,6 +68,10 @@ def open_tracker(
         spec = RunSpec(cfg, job, name, tags, resume_id=ids.get(backend))
         try:
             tracker = backend_class(backend).open(spec)
+        except TrackingError:  # a backend declared required cannot work: the job must not run
+            for opened in backends.values():
+                opened.finish("FAILED")
+            raise
         except Exception as exc:
             log.warning(
                 "tracking: %s could not be opened (%s); continuing without it",

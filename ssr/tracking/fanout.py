@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ssr.errors import TrackingError
 from ssr.redact import redact
 from ssr.tracking.tracker import Tracker
 
@@ -91,4 +92,17 @@ class FanoutTracker(Tracker):
         return ids
 
     def finish(self, status: str = "FINISHED") -> None:
-        self._each("finish", lambda b: b.finish(status))
+        """Finish every backend; a :class:`~ssr.errors.TrackingError` (a required backend lost
+        calls) is raised after all have finished, when the job itself succeeded."""
+        lost: list[TrackingError] = []
+
+        def call(backend: Tracker) -> None:
+            try:
+                backend.finish(status)
+            except TrackingError as exc:
+                lost.append(exc)
+                raise
+
+        self._each("finish", call)
+        if lost and status == "FINISHED":
+            raise lost[0]

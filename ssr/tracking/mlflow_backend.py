@@ -24,6 +24,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from ssr.errors import TrackingError
 from ssr.metrics import confusion_matrix
 from ssr.plots import plot_confusion_matrix
 from ssr.redact import redact
@@ -60,7 +61,37 @@ class MlflowTracker(Tracker):
         """The run of ``spec.cfg.tracking.mlflow``; ``MLFLOW_TRACKING_URI`` wins over it."""
         mcfg = spec.cfg.tracking.mlflow
         uri = os.environ.get("MLFLOW_TRACKING_URI") or mcfg.tracking_uri
-        return cls(uri, mcfg.experiment, spec.name, spec.tags, resume_run_id=spec.resume_id)
+        tracker = cls(uri, mcfg.experiment, spec.name, spec.tags, resume_run_id=spec.resume_id)
+        tracker.required = mcfg.required
+        tracker.check_started()
+        return tracker
+
+    def check_started(self) -> None:
+        """Say loudly when the run could not be started (server unreachable, or it refused):
+        an error line in the job's log (a cluster step's log shows it), or, with
+        ``tracking.mlflow.required``, a :class:`~ssr.errors.TrackingError`."""
+        if not (self._queue.disabled or self._queue.pending("start")):
+            return
+        problem = self._queue.last_error or "no answer"
+        where = f"MLflow at {redact(self.tracking_uri)}"
+        if self.required:
+            self._queue.drop_all()
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._finished = True
+            raise TrackingError(
+                f"{where} cannot be reached ({problem}) and tracking.mlflow.required is true"
+            )
+        log.error(
+            "tracking: %s cannot be reached (%s): %s; the job goes on. On a cluster, check that "
+            "this pod may reach it (MLflow's NetworkPolicy admits pods labelled "
+            "ssr.io/role=pipeline or pipelines.kubeflow.org/v2_component=true); set "
+            "tracking.mlflow.required=true to fail instead",
+            where,
+            problem,
+            "MLflow is off for this run"
+            if self._queue.disabled
+            else "calls are buffered and retried, and lost if it stays unreachable",
+        )
 
     def __init__(
         self,
@@ -89,6 +120,7 @@ class MlflowTracker(Tracker):
         self._staging = Path(tempfile.mkdtemp(prefix="ssr-mlflow-"))
         self._seq = 0
         self._finished = False
+        self.required: bool = False  # tracking.mlflow.required: lost calls fail the job at finish
         self._queue.submit(Op("start", dict(tags or {})))
 
     @property
@@ -284,3 +316,9 @@ class MlflowTracker(Tracker):
             self._queue.submit(Op("terminate", status), force=True)
             self._queue.drop_all()
         shutil.rmtree(self._staging, ignore_errors=True)
+        if self.required and self._queue.dropped:
+            raise TrackingError(
+                f"{self._queue.dropped} tracking calls never reached MLflow at "
+                f"{redact(self.tracking_uri)} ({self._queue.last_error or 'unreachable'}) and "
+                "tracking.mlflow.required is true"
+            )

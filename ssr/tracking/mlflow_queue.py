@@ -86,6 +86,8 @@ class OpQueue:
         self._buffered_metrics = 0
         self._failures = 0
         self._down_until = 0.0
+        self.last_error = ""  # the latest failure, redacted (what an "unreachable" line shows)
+        self.dropped = 0  # calls given up on by drop_all
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -101,9 +103,15 @@ class OpQueue:
                 self._trim()
             self._flush(force)
 
+    def pending(self, kind: str) -> bool:
+        """True while a call of ``kind`` waits in the queue."""
+        with self.lock:
+            return any(op.kind == kind for op in self._queue)
+
     def drop_all(self) -> None:
         """Give up on whatever is still queued, with a warning."""
         with self.lock:
+            self.dropped += len(self._queue)
             if self._queue:
                 log.warning(
                     "tracking: mlflow unreachable at the end; %d buffered calls "
@@ -140,6 +148,7 @@ class OpQueue:
             try:
                 self.apply(batch)
             except Exception as exc:
+                self.last_error = short(exc)
                 if head.kind == "start" and is_permanent(exc):
                     log.warning(
                         "tracking: mlflow run could not be started (%s); MLflow off for this run",
