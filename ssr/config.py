@@ -220,6 +220,11 @@ class WandbConfig(_Section):
     entity: str | None = None
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     dir: str = "."
+    group: str | None = Field(
+        None,
+        description="W&B run group (wandb.init(group=...)): the runs of one study or pipeline "
+        "run side by side in the UI; null: no group",
+    )
 
 
 class TrackingConfig(_Section):

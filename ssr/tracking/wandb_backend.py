@@ -61,6 +61,7 @@ class WandbTracker(Tracker):
             directory=os.environ.get("WANDB_DIR") or wcfg.dir,
             resume_id=spec.resume_id,
             job=spec.job,
+            group=wcfg.group,
         )
 
     def __init__(
@@ -75,6 +76,7 @@ class WandbTracker(Tracker):
         resume_id: str | None = None,
         job: str = "train",
         init_timeout: float = 60.0,
+        group: str | None = None,
     ) -> None:
         import wandb  # deferred: slow to import, and only needed when W&B is on
 
@@ -90,6 +92,7 @@ class WandbTracker(Tracker):
             resume="allow",
             name=run_name,
             job_type=job,
+            group=group,
             tags=[job],
             config=redact_values(config),
             reinit="create_new",
