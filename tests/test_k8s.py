@@ -282,6 +282,14 @@ def test_rbac_is_least_privilege(overlay: str, objects: list[dict[str, Any]]) ->
         "delete",
     }
     assert verbs[("", "pods")] == verbs[("", "pods/log")] == {"get", "list", "watch"}
+    # The deploy step rolls the InferenceService out: read and update, no create or delete.
+    assert verbs[("serving.kserve.io", "inferenceservices")] == {
+        "get",
+        "list",
+        "watch",
+        "update",
+        "patch",
+    }
     assert ("trainer.kubeflow.org", "trainingruntimes") not in verbs
     for binding in by_kind(objects, "RoleBinding"):
         assert binding["roleRef"]["kind"] == "Role"
@@ -430,6 +438,10 @@ def test_profile_namespace_is_set_in_one_place(tmp_path: Path) -> None:
     assert ("ServiceAccount", "ssr-pipeline-runner") in moved
     assert any(
         _admits(p, "team-emg", "pipelines.kubeflow.org/v2_component")
+        for p in _mlflow_policies(objs)
+    )
+    assert any(
+        _admits(p, "team-emg", "serving.kserve.io/inferenceservice", "ssr-emg")
         for p in _mlflow_policies(objs)
     )
     assert PROFILE_NAMESPACE not in yaml.safe_dump_all(objs)
