@@ -6,6 +6,7 @@ resources, secrets by reference) and to what Knative Serving accepts in a revisi
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +270,22 @@ def test_namespace_is_set_in_one_place(tmp_path: Path) -> None:
     objects = kustomize(copy)
     assert {o["metadata"]["namespace"] for o in objects} == {"team"}
     assert PROFILE_NAMESPACE not in yaml.safe_dump_all(objects)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH")
+def test_make_k8s_render_includes_kserve(tmp_path: Path) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make not on PATH")
+    if "k8s/kserve" not in (REPO / "Makefile").read_text():
+        pytest.skip("the Makefile does not render k8s/kserve yet")
+    out = subprocess.run(
+        ["make", "-s", "k8s-render", "K8S_OVERLAYS=dev", f"K8S_RENDER_DIR={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = [d for d in yaml.safe_load_all((tmp_path / "kserve.yaml").read_text()) if d]
+    validate_inference_service(one(rendered, "InferenceService", NAME))
