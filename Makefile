@@ -208,6 +208,15 @@ k8s-render-serving: ## render k8s/serving (the model server) to build/k8s/servin
 # `make k8s-render` renders the serving manifests too.
 k8s-render: k8s-render-serving
 
+.PHONY: k8s-render-kserve
+k8s-render-kserve: ## render k8s/kserve (the champion as a KServe InferenceService) to build/k8s/kserve.yaml, checked against KServe's CRD schema
+	@mkdir -p $(K8S_RENDER_DIR)
+	@kubectl kustomize k8s/kserve > $(K8S_RENDER_DIR)/kserve.yaml
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m ssr.cluster.crd_schema $(K8S_RENDER_DIR)/kserve.yaml >/dev/null; fi
+	@echo "$(K8S_RENDER_DIR)/kserve.yaml"
+# `make k8s-render` renders the KServe manifests too.
+k8s-render: k8s-render-kserve
+
 .PHONY: push-serve
 push-serve: ## push SERVE_IMAGE (make image-serve builds it)
 	$(DOCKER) push $(SERVE_IMAGE)
