@@ -68,6 +68,7 @@ HEAVY = frozenset(
         "botocore",
         "fastapi",
         "kfp",
+        "kubeflow_katib_api",
         "kubeflow_trainer_api",
         "kubernetes",
         "matplotlib",
