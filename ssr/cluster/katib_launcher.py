@@ -1,0 +1,306 @@
+"""Create or re-attach to a Katib Experiment, follow it to the end, return the best trial's
+values as config overrides, delete it.
+
+Like the TrainJob launcher (:mod:`ssr.cluster.launcher`): a retried pipeline step derives the
+same name from the run id and re-attaches to the search an earlier attempt started; one found
+``Failed`` is deleted and created again, a ``Succeeded`` one is used as it is. Katib's
+Experiment has no deadline, so the launcher holds the search to one, counted from the
+Experiment's creation: at the deadline it stops the search (deletes the Experiment and with it
+the running trials) and keeps the best trial so far.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ssr.cluster.katib import (
+    GROUP,
+    MIN_KATIB,
+    OBJECTIVE,
+    PLURAL,
+    VERSION,
+    KatibError,
+    validate_experiment,
+)
+from ssr.cluster.launcher import api_client, current_namespace
+
+log = logging.getLogger(__name__)
+
+INJECTION_LABEL = "katib.kubeflow.org/metrics-collector-injection=enabled"
+# status counters, in the order a progress line names them
+COUNTS = (
+    ("trialsPending", "pending"),
+    ("trialsRunning", "running"),
+    ("trialsSucceeded", "succeeded"),
+    ("trialsEarlyStopped", "early-stopped"),
+    ("trialsFailed", "failed"),
+    ("trialMetricsUnavailable", "without metrics"),
+    ("trialsKilled", "killed"),
+)
+
+
+@dataclass
+class TuneResult:
+    """The search's outcome: the best trial's values as ``key=value`` overrides."""
+
+    overrides: list[str]
+    trial: str
+    value: float
+    state: str  # Succeeded, or Running when the deadline stopped the search
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "overrides": self.overrides,
+            "best_trial": self.trial,
+            OBJECTIVE: self.value,
+            "state": self.state,
+            "trials": self.counts,
+        }
+
+
+def _status_message(exc: Any) -> str:
+    body = getattr(exc, "body", None) or ""
+    try:
+        return str(json.loads(body).get("message") or body)
+    except (ValueError, AttributeError):
+        return str(body)
+
+
+def _api_error(exc: Any, what: str) -> KatibError:
+    hint = ""
+    if exc.status == 403:
+        hint = " (the step's service account needs the experiments RBAC of k8s/base/pipeline)"
+    if exc.status == 404:
+        hint = f" (is Katib {MIN_KATIB} installed, with its Experiment CRD?)"
+    return KatibError(f"cannot {what}: HTTP {exc.status} {exc.reason}{hint}")
+
+
+def refusal_message(server_message: str) -> str:
+    """One line for the API server's refusal of a create: fields the cluster's Katib does not
+    know (strict field validation), or what Katib's admission webhook said, with the fix
+    for the refusal every new namespace meets (the metrics-collector injection label)."""
+    fields = re.findall(r'unknown field "([^"]+)"', server_message)
+    if fields:
+        return (
+            f"the cluster's Katib does not know {', '.join(fields)}: ssr's Experiment needs "
+            f"Katib {MIN_KATIB} or later"
+        )
+    text = " ".join(server_message.split())
+    text = re.sub(r'^admission webhook "[^"]*" denied the request:\s*', "", text)
+    if "metrics-collector-injection" in text:
+        text += f" (label the namespace {INJECTION_LABEL}, or use a Kubeflow profile namespace)"
+    return f"Katib refused it: {text}"
+
+
+class Experiments:
+    """The few Kubernetes calls the launcher makes, in one namespace."""
+
+    def __init__(self, namespace: str, client: Any = None) -> None:
+        from kubernetes import client as k8s
+
+        self.namespace = namespace
+        self.custom = k8s.CustomObjectsApi(client or api_client())
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            found: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name
+            )
+            return found
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _api_error(exc, f"read Experiment {self.namespace}/{name}") from None
+
+    def create(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create ``body`` with strict field validation; (the Experiment, True), or (the one
+        that exists already, False)."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = body["metadata"]["name"]
+        where = f"Experiment {self.namespace}/{name}"
+        try:
+            made = self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, body, field_validation="Strict"
+            )
+            return made, True
+        except ApiException as exc:
+            if exc.status == 409 and (found := self.get(name)) is not None:
+                return found, False
+            if exc.status in (400, 422):
+                raise KatibError(
+                    f"cannot create {where}: {refusal_message(_status_message(exc))}"
+                ) from None
+            raise _api_error(exc, f"create {where}") from None
+
+    def delete(self, name: str, wait: float = 0.0, poll: float = 2.0) -> bool:
+        """Delete the Experiment with its trials and their Jobs (foreground); False when there
+        was none. With ``wait``, wait up to that many seconds until it is gone."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name, propagation_policy="Foreground"
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise _api_error(exc, f"delete Experiment {self.namespace}/{name}") from None
+        end = time.monotonic() + wait
+        while wait and self.get(name) is not None:
+            if time.monotonic() > end:
+                raise KatibError(f"Experiment {self.namespace}/{name} still exists after {wait}s")
+            time.sleep(poll)
+        return True
+
+
+def experiment_state(exp: dict[str, Any]) -> tuple[str, str]:
+    """(``Succeeded`` | ``Failed`` | ``Running``, message) from the Experiment's conditions."""
+    for cond in (exp.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Succeeded", "Failed") and cond.get("status") == "True":
+            detail = ": ".join(p for p in (cond.get("reason"), cond.get("message")) if p)
+            return cond["type"], detail
+    return "Running", ""
+
+
+def counts(exp: dict[str, Any]) -> dict[str, int]:
+    status = exp.get("status") or {}
+    return {label: int(status.get(key) or 0) for key, label in COUNTS}
+
+
+def best_trial(exp: dict[str, Any]) -> tuple[str, float, dict[str, str]] | None:
+    """(trial name, objective value, {parameter: value}) of ``currentOptimalTrial``, or None
+    while no trial has reported the objective."""
+    best = (exp.get("status") or {}).get("currentOptimalTrial") or {}
+    metrics = (best.get("observation") or {}).get("metrics") or []
+    value = next((m.get("min") for m in metrics if m.get("name") == OBJECTIVE), None)
+    if not best.get("bestTrialName") or value in (None, "", "unavailable"):
+        return None
+    params = {a["name"]: str(a["value"]) for a in best.get("parameterAssignments") or []}
+    return best["bestTrialName"], float(value), params
+
+
+def progress(exp: dict[str, Any], trials: int) -> str:
+    """One line: the trials in each state and the best so far."""
+    parts = [f"{n} {label}" for label, n in counts(exp).items() if n]
+    line = f"trials of {trials}: {', '.join(parts) or 'none yet'}"
+    best = best_trial(exp)
+    if best:
+        values = ", ".join(f"{k}={v}" for k, v in best[2].items())
+        line += f"; best {OBJECTIVE} {best[1]:.4f} ({best[0]}: {values})"
+    return line
+
+
+def _created(exp: dict[str, Any]) -> float | None:
+    stamp = (exp.get("metadata") or {}).get("creationTimestamp")
+    if not stamp:
+        return None
+    try:
+        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when.replace(tzinfo=when.tzinfo or timezone.utc).timestamp()
+
+
+def _result(exp: dict[str, Any], body: dict[str, Any], state: str, where: str) -> TuneResult:
+    best = best_trial(exp)
+    if best is None:
+        raise KatibError(f"{where} {state.lower()} without a trial that reported {OBJECTIVE}")
+    name, value, params = best
+    keys = [p["name"] for p in body["spec"]["parameters"]]
+    missing = [k for k in keys if k not in params]
+    if missing:
+        raise KatibError(f"{where}: the best trial {name} has no value for {missing}")
+    return TuneResult([f"{k}={params[k]}" for k in keys], name, value, state, counts(exp))
+
+
+def _attach(experiments: Experiments, body: dict[str, Any], where: str) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    exp = experiments.get(name)
+    if exp is not None:
+        state, message = experiment_state(exp)
+        if state != "Failed":
+            log.info("attaching to %s (%s)", where, state)
+            return exp
+        log.warning("%s failed in an earlier attempt (%s): recreating it", where, message)
+        experiments.delete(name, wait=600)
+    exp, created = experiments.create(body)
+    log.info("%s %s", "created" if created else "attached to", where)
+    return exp
+
+
+def launch(
+    experiments: Experiments,
+    body: dict[str, Any],
+    *,
+    deadline_seconds: float,
+    poll: float = 30.0,
+    sink: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.time,
+) -> TuneResult:
+    """Create the Experiment (or attach to it), print a progress line whenever the trials
+    change, and return the best trial once it has ``Succeeded``; ``Failed`` raises
+    :class:`KatibError` with Katib's message. See the module docstring for the deadline."""
+    validate_experiment(body)
+    name = body["metadata"]["name"]
+    where = f"Experiment {experiments.namespace}/{name}"
+    trials = int(body["spec"]["maxTrialCount"])
+    exp = _attach(experiments, body, where)
+    deadline = (_created(exp) or clock()) + deadline_seconds
+    last = ""
+    while True:
+        state, message = experiment_state(exp)
+        line = progress(exp, trials)
+        if line != last:
+            sink(f"[{name}] {line}")
+            last = line
+        if state == "Succeeded":
+            log.info("%s succeeded (%s)", where, message or "no message")
+            return _result(exp, body, state, where)
+        if state == "Failed":
+            raise KatibError(f"{where} failed: {message or 'no message'}")
+        if clock() > deadline:
+            experiments.delete(name)  # its running trials stop with it
+            if best_trial(exp) is None:
+                raise KatibError(
+                    f"{where} reached its deadline ({deadline_seconds:.0f}s) before any trial "
+                    f"reported {OBJECTIVE}"
+                )
+            result = _result(exp, body, "Running", where)
+            log.warning(
+                "%s reached its deadline (%.0fs): search stopped, keeping trial %s",
+                where,
+                deadline_seconds,
+                result.trial,
+            )
+            return result
+        time.sleep(poll)
+        found = experiments.get(name)
+        if found is None:
+            raise KatibError(f"{where} was deleted while the step waited for it")
+        exp = found
+
+
+def describe(name: str, namespace: str | None = None) -> str:
+    """One line on the Experiment's state and message ("" when it cannot be read): what a
+    failed step reports besides the launcher's exit status."""
+    namespace = namespace or current_namespace()
+    try:
+        exp = Experiments(namespace).get(name)
+    except Exception as exc:  # the step is failing already; keep its own error
+        log.debug("cannot read Experiment %s/%s: %s", namespace, name, exc)
+        return ""
+    if exp is None:
+        return f"Experiment {namespace}/{name} does not exist"
+    state, message = experiment_state(exp)
+    return f"Experiment {namespace}/{name} {state}" + (f": {message}" if message else "")
