@@ -24,7 +24,7 @@ from ssr.training.checkpoint import (
 )
 from ssr.training.early_stopping import EarlyStopping
 from ssr.training.signals import stop_on_sigterm
-from ssr.training.trainer import Trainer, TrainResult
+from ssr.training.trainer import EpochCallback, Trainer, TrainResult
 
 __all__ = [
     "EarlyStopping",
@@ -135,12 +135,14 @@ def run_training(
     resume: str | None = None,
     tracker: Tracker | None = None,
     overwrite: bool = False,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
     """Train as ``ssr train`` does: open the tracker (continuing the runs stored in the
     resume checkpoint), fit, and finish the tracker with the outcome.
 
     Without ``resume``, a checkpoint directory holding another run's checkpoints is refused
-    unless ``overwrite`` (see :func:`check_checkpoint_dir`).
+    unless ``overwrite`` (see :func:`check_checkpoint_dir`). ``on_epoch`` goes to the
+    :class:`Trainer` (a tuning trial reports to its study and is pruned through it).
     """
     info = distributed.env_info()
     if resume is None:
@@ -153,7 +155,7 @@ def run_training(
         tracker = open_tracker(
             cfg, job="train", resume_ids=ids, rank=info.rank, fingerprint=fingerprint
         )
-    trainer = Trainer(cfg, tracker=tracker)
+    trainer = Trainer(cfg, tracker=tracker, on_epoch=on_epoch)
     status = "FAILED"
     try:
         with stop_on_sigterm(trainer):

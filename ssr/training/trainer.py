@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,12 @@ class TrainResult:
     preempted: bool = False  # stopped by request_stop(now=True), e.g. SIGTERM
     # the best epoch lies in the first tenth of training.num_epochs (ssr.training.selection)
     early_best: bool = False
+    stopped_on_epoch: bool = False  # the on_epoch callback stopped it (a pruned tuning trial)
+
+
+# Called by rank 0 after each validated epoch with the epoch and its history row (``epoch``,
+# ``train_loss``, ``val_loss``, ``val_session_mean_loss``, ...); True stops the training there.
+EpochCallback = Callable[[int, dict[str, float]], bool]
 
 
 def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> float:
@@ -83,11 +89,19 @@ def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> float
 
 
 class Trainer(CheckpointState, Reporting):
-    """Train the model in ``cfg`` on ``cfg.data.processed_dir``; see :meth:`fit`."""
+    """Train the model in ``cfg`` on ``cfg.data.processed_dir``; see :meth:`fit`.
 
-    def __init__(self, cfg: Config, tracker: Tracker | None = None) -> None:
+    ``on_epoch`` lets a caller watch the validation metrics and end the training early (the
+    hyper-parameter search prunes a trial that way) without a loop of its own.
+    """
+
+    def __init__(
+        self, cfg: Config, tracker: Tracker | None = None, on_epoch: EpochCallback | None = None
+    ) -> None:
         self.cfg = cfg
         self.tracker: Tracker = tracker or NullTracker()
+        self.on_epoch = on_epoch
+        self._stopped_on_epoch = False
         self.device = select_device(cfg.training.device)
         tc = cfg.training
         self.dist = distributed.setup(self.device, tc.dist_timeout_s, tc.io_timeout_s)
@@ -335,6 +349,8 @@ class Trainer(CheckpointState, Reporting):
             with distributed.shared_failure(f"ending epoch {self.epoch}", slow=True):
                 if main:
                     self._end_epoch(val, row, improved)
+                    if self.on_epoch is not None and self.on_epoch(self.epoch, row):
+                        self._stop = self._stopped_on_epoch = True
             stopped_early = self.early_stopping.should_stop
             self._stop = distributed.any_true(self._stop, self.device)
         if stopped_early and main:
@@ -355,6 +371,7 @@ class Trainer(CheckpointState, Reporting):
             stop_requested=self._stop,
             preempted=self._stop_now,
             early_best=early_best(self.early_stopping.best_epoch, tc.num_epochs),
+            stopped_on_epoch=self._stopped_on_epoch,
         )
         if main:
             self._log_best()
