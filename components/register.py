@@ -21,8 +21,9 @@ def register(
     baseline_margin: float,
     config_yaml: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameter default
-) -> NamedTuple("Outputs", [("version", str)]):
-    """Same as ``ssr register`` (challenger alias, gate, champion); returns the version.
+) -> NamedTuple("Outputs", [("version", str), ("promoted", bool)]):
+    """Same as ``ssr register`` (challenger alias, gate, champion); returns the version and
+    whether the gate made it champion (the deploy step runs only then).
 
     Idempotent per ``pipeline_run_id``: a retried or re-run step finds the version this run
     registered and moves no alias again."""
@@ -43,4 +44,5 @@ def register(
         p_value,
         baseline_margin=baseline_margin,
     )
-    return namedtuple("Outputs", ["version"])(str(result["version"]))
+    outputs = namedtuple("Outputs", ["version", "promoted"])
+    return outputs(str(result["version"]), bool(result["promoted"]))

@@ -295,6 +295,7 @@ def register_step(
     Idempotent per pipeline run: when ``pipeline_run_id`` already registered a version (a
     retried task, a re-run), that version is reused and no alias moves; the gate runs again
     only if it never finished for that version (its ``pipeline.gate_action`` tag is unset).
+    ``promoted`` says whether the gate made the version champion (then the deploy step runs).
     A negative ``baseline_margin`` skips the baseline check (``registry.baseline_margin: null``;
     a KFP float parameter cannot be null). For a sentence model ``min_accuracy`` is a word
     accuracy: the gate refuses a WER above ``1 - min_accuracy`` (``registry.max_wer``).
@@ -345,6 +346,7 @@ def register_step(
             "champion": champion,
             "model_uri": info.model_uri,
             "existing": True,
+            "promoted": done == "promote",
         }
     result = promote(cfg, client=client, model_name=model_name, version=info.version)
     client.set_model_version_tag(model_name, info.version, GATE_TAG, result.action)
@@ -362,4 +364,5 @@ def register_step(
         "champion": result.champion_after,
         "model_uri": info.model_uri,
         "existing": info.existing,
+        "promoted": result.action == "promote",
     }
