@@ -26,6 +26,9 @@ def _prepare_env(workdir: Path) -> None:
     """Local trackers, unless the user set others: MLflow on ``mlflow.db`` in the current folder
     (what ``make mlflow-ui`` browses) and W&B offline under ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
+    # no cluster: the deploy step skips itself (it deploys where a $KUBECONFIG or a pod's
+    # service account names a cluster, which a local run must not touch)
+    os.environ.pop("KUBECONFIG", None)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path('mlflow.db').resolve()}")
     if not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
@@ -132,6 +135,7 @@ def summarize(root: Path, elapsed: float, model_name: str) -> dict[str, Any]:
         if found:
             summary.setdefault("plots", []).append(str(found[-1]))
     summary["registered_version"] = _task_output(run_dir / "register", "version")
+    summary["deploy"] = _task_output(run_dir / "deploy", "Output")  # None: it did not run
     summary["model_name"] = model_name
     summary["mlflow_tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI")
     if summary["registered_version"]:
@@ -259,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             print(f"\nRegistered {version}.")
+        if summary.get("deploy") == "skipped":
+            print(
+                "Deploy: skipped, no Kubernetes cluster here (on Kubeflow the deploy step rolls "
+                "the KServe InferenceService to the new champion: docs/serving.md)."
+            )
         print(f"Browse it with: make mlflow-ui  (MLflow at {summary['mlflow_tracking_uri']})")
     else:
         what = "word accuracy (1 - WER)" if "test_wer" in summary else "accuracy"

@@ -1,4 +1,5 @@
-"""The training pipeline: preprocess -> train -> evaluate -> (gate) -> register/promote.
+"""The training pipeline: preprocess -> train -> evaluate -> (gate) -> register/promote ->
+(promoted) deploy.
 
 Compile with ``make pipeline`` (see :mod:`pipelines.compile`); run on this machine with
 ``make run-local`` (see :mod:`pipelines.run_local`).
@@ -17,7 +18,10 @@ YAML, not only for ``kfp.local``:
 * caching is off for every step: preprocess would be keyed on the ``data_uri`` string, not on
   the data behind it; train, evaluate and register write to object storage and MLflow;
 * retries of tasks inside ``dsl.If`` are honoured from KFP 2.14 on; register is idempotent per
-  run, so a retry (or a re-run) registers nothing twice.
+  run, so a retry (or a re-run) registers nothing twice;
+* deploy follows register and acts only when register promoted the version: it rolls the
+  KServe InferenceService to the champion by a canary (``ssr deploy``), resumes an interrupted
+  rollout on a retry, and skips itself where there is no cluster (``kfp.local``).
 """
 
 import os
@@ -25,9 +29,17 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from components import delete_trainjob, evaluate, preprocess, register, train, train_distributed
+from components import (
+    delete_trainjob,
+    deploy,
+    evaluate,
+    preprocess,
+    register,
+    train,
+    train_distributed,
+)
 from components.image import SSR_TRAIN_IMAGE
-from ssr.cluster.secrets import OPTIONAL, S3, SECRETS
+from ssr.cluster.secrets import MLFLOW, OPTIONAL, S3, SECRETS
 from ssr.cluster.trainjob import DEFAULT_DEADLINE_SECONDS
 from ssr.config import RegistryConfig
 
@@ -41,6 +53,8 @@ GPUS_PER_NODE = os.environ.get("SSR_GPUS_PER_NODE", "1")
 CHECKPOINT_ROOT = "s3://mlpipeline/shared/ssr-checkpoints"
 # The gate's defaults are the typed config's (one source: ssr.config.RegistryConfig).
 REGISTRY = RegistryConfig()
+INFERENCE_SERVICE = "ssr-emg"  # k8s/kserve
+CANARY_PERCENT = 10
 
 
 def _with_secrets(task: dsl.PipelineTask, names: list[str]) -> dsl.PipelineTask:
@@ -50,7 +64,8 @@ def _with_secrets(task: dsl.PipelineTask, names: list[str]) -> dsl.PipelineTask:
 
 
 def _with_namespace(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """``SSR_NAMESPACE``: the run's namespace, where the launcher creates the TrainJob."""
+    """``SSR_NAMESPACE``: the run's namespace (the TrainJob's, and the InferenceService's when
+    the deploy step is given none)."""
     kubernetes.use_field_path_as_env(task, "SSR_NAMESPACE", "metadata.namespace")
     return task
 
@@ -65,8 +80,12 @@ def _evaluate_and_register(
     margin: float,
     p_value: float,
     baseline_margin: float,
+    inference_service: str,
+    inference_service_namespace: str,
+    canary_percent: int,
 ) -> None:
-    """evaluate, then register inside ``dsl.If(test accuracy >= min_accuracy)``."""
+    """evaluate, then register inside ``dsl.If(test accuracy >= min_accuracy)``, then deploy
+    (which acts only when register promoted)."""
     evaluation = evaluate(
         processed=prep.outputs["processed"],
         model=model,
@@ -95,7 +114,27 @@ def _evaluate_and_register(
         registration.set_display_name("register").set_cpu_request("1")
         registration.set_memory_request("2Gi").set_cpu_limit("2").set_memory_limit("4Gi")
         registration.set_retry(2).set_caching_options(False)  # idempotent per run id
-        _with_secrets(registration, [S3, "ssr-mlflow-credentials"])
+        _with_secrets(registration, [S3, MLFLOW])
+
+        # Not a dsl.If on `promoted`: kfp.local (2.17) resolves a condition on a task output
+        # only when the output is named Output, so the deploy task would never run locally;
+        # the step itself does nothing unless register promoted the version.
+        deployment = deploy(
+            processed=prep.outputs["processed"],
+            version=registration.outputs["version"],
+            promoted=registration.outputs["promoted"],
+            model_name=model_name,
+            inference_service=inference_service,
+            namespace=inference_service_namespace,
+            canary_percent=canary_percent,
+            config_yaml=config_yaml,
+            overrides=overrides,
+        )
+        deployment.set_display_name("deploy").set_cpu_request("250m")
+        deployment.set_memory_request("1Gi").set_cpu_limit("1").set_memory_limit("2Gi")
+        deployment.set_retry(2).set_caching_options(False)  # resumes, writes nothing twice
+        _with_secrets(deployment, [MLFLOW])
+        _with_namespace(deployment)  # an empty namespace parameter: the run's own
 
 
 @dsl.pipeline(
@@ -118,6 +157,9 @@ def training_pipeline(
     margin: float = REGISTRY.margin,
     p_value: float = REGISTRY.p_value,
     baseline_margin: float = REGISTRY.baseline_margin or 0.0,
+    inference_service: str = INFERENCE_SERVICE,
+    inference_service_namespace: str = "",
+    canary_percent: int = CANARY_PERCENT,
 ) -> None:
     """Train and register a model.
 
@@ -140,6 +182,9 @@ def training_pipeline(
         margin, p_value: the promotion gate against the current champion.
         baseline_margin: test-accuracy gain required over the linear baseline
             (``registry.baseline_margin``); negative skips the baseline check.
+        inference_service, inference_service_namespace: the KServe InferenceService a promoted
+            champion is deployed to (k8s/kserve); an empty namespace is the run's own.
+        canary_percent: the new revision's share of the traffic during its smoke test.
 
     The test accuracy is the evaluate step's output, the registered version the register
     step's.
@@ -160,6 +205,9 @@ def training_pipeline(
         "margin": margin,
         "p_value": p_value,
         "baseline_margin": baseline_margin,
+        "inference_service": inference_service,
+        "inference_service_namespace": inference_service_namespace,
+        "canary_percent": canary_percent,
     }
     # evaluate and register follow the train task inside each branch: kfp.local (2.17) resolves
     # dsl.OneOf only for parameters ("Expected 1 artifact in ArtifactSelectorSpec"), so a
