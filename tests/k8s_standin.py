@@ -1,4 +1,4 @@
-"""A Kubernetes API stand-in on loopback: just the calls the TrainJob launcher makes.
+"""A Kubernetes API stand-in on loopback: just the calls the TrainJob and Katib launchers make.
 
 Speaks the custom-objects endpoints of ``trainjobs`` (create: 201, or 409 when it exists; get;
 delete), ``clustertrainingruntimes`` (get), and the core pods list and pods/log. A test scripts
@@ -9,6 +9,10 @@ each job's status: the states a job goes through, one per GET (``Running`` ... t
 schema lacks. A create with ``fieldValidation=Strict`` naming one is refused as the API server
 refuses it (400, ``strict decoding error: unknown field "..."``); any other create drops them
 silently, as the server's default (Warn) does.
+
+Katib ``experiments`` (create, get, delete) play the same way: each GET applies the next of the
+Experiment's scripted statuses (``experiment_script[name]``, status dicts built by a test);
+``webhook_refusal`` plays Katib's validating webhook refusing a create (400).
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ import yaml
 JOBS = re.compile(
     r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs(?:/([^/]+))?$"
 )
+EXPERIMENTS = re.compile(
+    r"^/apis/kubeflow\.org/v1beta1/namespaces/([^/]+)/experiments(?:/([^/]+))?$"
+)
+WEBHOOK = 'admission webhook "validator.experiment.katib.kubeflow.org" denied the request: '
 RUNTIME = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/clustertrainingruntimes/([^/]+)$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
 POD_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
@@ -44,6 +52,10 @@ class StandIn:
     runtimes: set[str] = field(default_factory=lambda: {"torch-distributed"})
     unknown_fields: set[str] = field(default_factory=set)
     on_complete: Any = None  # called with a job when it turns Complete
+    experiments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    experiment_script: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    webhook_refusal: str = ""
+    created_at: str = "2030-01-01T00:00:00Z"  # creationTimestamp of created Experiments
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -56,12 +68,22 @@ class StandIn:
             self.default_script = [("Complete", "")]
             self.on_complete = None
             self.unknown_fields.clear()
+            self.experiments.clear()
+            self.experiment_script.clear()
+            self.webhook_refusal = ""
+            self.created_at = "2030-01-01T00:00:00Z"
 
     def add_job(self, namespace: str, body: dict[str, Any], state: str, message: str = "") -> None:
         """A job as if an earlier attempt had created it, in ``state``."""
         job = json.loads(json.dumps(body))
         _set_state(job, state, message)
         self.jobs[(namespace, body["metadata"]["name"])] = job
+
+    def add_experiment(self, namespace: str, body: dict[str, Any], status: dict[str, Any]) -> None:
+        """An Experiment as if an earlier attempt had created it, with ``status``."""
+        exp = json.loads(json.dumps(body)) | {"status": status}
+        exp["metadata"]["creationTimestamp"] = self.created_at
+        self.experiments[(namespace, body["metadata"]["name"])] = exp
 
     def calls(self, method: str, kind: str = "trainjobs") -> list[tuple[str, str, Any]]:
         return [r for r in self.requests if r[0] == method and kind in r[1]]
@@ -164,7 +186,45 @@ def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
                 state.requests.append((method, url.path, body if body is not None else query))
                 self._answer(method, url.path, query, body)
 
+        def _experiment(
+            self, method: str, namespace: str, name: str | None, query: dict[str, str], body: Any
+        ) -> None:
+            if method == "POST" and name is None:
+                key = (namespace, body["metadata"]["name"])
+                if key in state.experiments:
+                    return self._send(409, _status(409, "AlreadyExists"))
+                unknown = [
+                    p for p in _paths(body) if re.sub(r"\[\d+\]", "", p) in state.unknown_fields
+                ]
+                if unknown and query.get("fieldValidation") == "Strict":
+                    named = ", ".join(f'unknown field "{p}"' for p in unknown)
+                    message = f"Experiment.kubeflow.org is invalid: strict decoding error: {named}"
+                    return self._send(400, _status(400, "BadRequest", message))
+                if state.webhook_refusal:
+                    message = WEBHOOK + state.webhook_refusal
+                    return self._send(400, _status(400, "BadRequest", message))
+                exp = json.loads(json.dumps(body))
+                exp["metadata"]["creationTimestamp"] = state.created_at
+                created = {"type": "Created", "status": "True", "reason": "ExperimentCreated"}
+                exp["status"] = {"conditions": [created]}
+                state.experiments[key] = exp
+                return self._send(201, exp)
+            exp = state.experiments.get((namespace, name or ""))
+            if exp is None:
+                return self._send(404, _status(404, "NotFound"))
+            if method == "GET":
+                steps = state.experiment_script.get(name or "")
+                if steps:
+                    exp["status"] = steps.pop(0)
+                return self._send(200, exp)
+            if method == "DELETE":
+                del state.experiments[(namespace, name or "")]
+                return self._send(200, _status(200, "Success") | {"status": "Success"})
+            return self._send(405, _status(405, "MethodNotAllowed"))
+
         def _answer(self, method: str, path: str, query: dict[str, str], body: Any) -> None:
+            if m := EXPERIMENTS.match(path):
+                return self._experiment(method, m.group(1), m.group(2), query, body)
             if m := JOBS.match(path):
                 namespace, name = m.groups()
                 if method == "POST" and name is None:

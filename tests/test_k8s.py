@@ -282,6 +282,10 @@ def test_rbac_is_least_privilege(overlay: str, objects: list[dict[str, Any]]) ->
         "delete",
     }
     assert verbs[("", "pods")] == verbs[("", "pods/log")] == {"get", "list", "watch"}
+    # The hyper-parameter search: the run's Katib Experiment (no patch/update), nothing of the
+    # trials or Jobs Katib makes from it.
+    assert verbs[("kubeflow.org", "experiments")] == {"create", "get", "list", "watch", "delete"}
+    assert not {("kubeflow.org", "trials"), ("batch", "jobs")} & verbs.keys()
     # The deploy step rolls the InferenceService out: read and update, no create or delete.
     assert verbs[("serving.kserve.io", "inferenceservices")] == {
         "get",

@@ -128,7 +128,11 @@ def search_settings(space: SearchSpace, seed: int | None) -> dict[str, Any]:
 
 
 def trial_command(
-    config_uri: str, train_args: Sequence[str], space: SearchSpace, group: str = ""
+    config_uri: str,
+    train_args: Sequence[str],
+    space: SearchSpace,
+    group: str = "",
+    workdir: str = TRIAL_WORKDIR,
 ) -> str:
     """The trial container's ``sh -c`` script. Katib's StdOut collector appends a redirection
     and a completion marker to the script (pkg/webhook/v1beta1/pod/utils.go wrapWorkerContainer
@@ -139,8 +143,8 @@ def trial_command(
     args += ["--", *train_args]
     args += [f"{p.key}=${{trialParameters.{trial_parameter(p.key)}}}" for p in space.params]
     args += [
-        f"training.checkpoint_dir={TRIAL_WORKDIR}/checkpoints",
-        f"training.output_dir={TRIAL_WORKDIR}/outputs",
+        f"training.checkpoint_dir={workdir}/checkpoints",  # the pod's own: the train step
+        f"training.output_dir={workdir}/outputs",  # trains the chosen config again
         f"tracking.run_name=${{trialParameters.{TRIAL_NAME_PARAM}}}",
         *([f"tracking.wandb.group={group}"] if group else []),
     ]
@@ -210,6 +214,7 @@ def build_experiment(
     memory: str = "16Gi",
     shm_size: str = "8Gi",
     gpu_resource: str = GPU_RESOURCE,
+    workdir: str = TRIAL_WORKDIR,
 ) -> dict[str, Any]:
     """The Experiment body: ``trials`` trials, ``parallel`` at a time, minimising
     :data:`OBJECTIVE`; each trial's Job may run ``deadline_seconds`` (the launcher holds the
@@ -229,7 +234,7 @@ def build_experiment(
         metadata["annotations"] = {RUN_ID_LABEL: run_id}
         if _LABEL_VALUE.match(run_id):
             labels[RUN_ID_LABEL] = run_id
-    script = trial_command(config_uri, train_args, space, group=name)
+    script = trial_command(config_uri, train_args, space, group=name, workdir=workdir)
     job = _job(image, script, gpus, cpu, memory, shm_size, gpu_resource, deadline_seconds)
     trial_params = [
         {"name": trial_parameter(p.key), "description": p.describe(), "reference": p.key}

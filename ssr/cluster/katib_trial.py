@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ssr.cluster.katib import ADDITIONAL_METRICS, OBJECTIVE, TRIAL_WORKDIR, metric_line
+from ssr.cluster.katib import ADDITIONAL_METRICS, OBJECTIVE, metric_line
 from ssr.cluster.node import fetch_config
 from ssr.config import load_config
 
@@ -45,20 +46,16 @@ def epoch_reporter(sink: Callable[[str], None] = _print) -> EpochCallback:
 
 
 def run_trial(
-    train_args: Sequence[str],
-    config_uri: str = "",
-    workdir: str | Path = TRIAL_WORKDIR,
-    sink: Callable[[str], None] = _print,
+    train_args: Sequence[str], config_uri: str = "", sink: Callable[[str], None] = _print
 ) -> int:
     """Fetch the search's config, train with the trial's overrides; the exit status: 0, or
     143 when stopped by SIGTERM (Katib's early stopping: a trial that exited 0 would count as
     completed, not early-stopped)."""
     from ssr.training.job import run_training
 
-    config = None
-    if config_uri:
-        config = fetch_config(config_uri, Path(workdir) / "config.yaml")
-    cfg = load_config(config, list(train_args))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = fetch_config(config_uri, Path(tmp) / "config.yaml") if config_uri else None
+        cfg = load_config(config, list(train_args))
     result = run_training(cfg, on_epoch=epoch_reporter(sink))
     log.info(
         "trial done after %d epochs: best %s %.4f at epoch %d",
