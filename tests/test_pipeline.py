@@ -17,7 +17,7 @@ from pipelines.compile import compile_pipeline, main
 from pipelines.run_local import run_local
 from ssr.steps import RUN_ID_PLACEHOLDER
 
-STEPS = ("preprocess", "train", "evaluate", "register")
+STEPS = ("preprocess", "train", "evaluate", "register", "deploy")
 
 TINY_SYNTH = [
     "--vocab",
@@ -81,7 +81,7 @@ def _tasks(spec: dict) -> dict[str, dict]:
 
 def test_compiled_images_train_on_the_cuda_image(compiled):
     spec = compiled["spec"]
-    for step in ("preprocess", "evaluate", "register"):
+    for step in ("preprocess", "evaluate", "register", "deploy"):
         assert _executor(spec, step)["image"] == "registry.example.com/ssr:9.9.9"
     # The train step runs in the CUDA variant (as make image-cuda tags it) unless told otherwise.
     assert _executor(spec, "train")["image"] == "registry.example.com/ssr:9.9.9-cuda"
@@ -257,8 +257,38 @@ def test_compiled_retries_and_gate(compiled):
     gates = [t for t in tasks.values() if "min_accuracy" in str(t.get("triggerPolicy"))]
     assert len(gates) == 2  # one per training branch
     for gate in gates:
-        (inner,) = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"].values()
-        assert inner["retryPolicy"]["maxRetryCount"] == 2
+        inner = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
+        assert {n.rstrip("-2") for n in inner} == {"register", "deploy"}
+        for task in inner.values():
+            assert task["retryPolicy"]["maxRetryCount"] == 2
+
+
+def test_compiled_deploy_step(compiled):
+    """deploy: the registered version, the InferenceService parameters, the run's namespace
+    when none is given, the MLflow credentials only."""
+    spec = compiled["spec"]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["inference_service"]["defaultValue"] == "ssr-emg"
+    assert params["inference_service_namespace"]["defaultValue"] == ""
+    assert params["canary_percent"]["defaultValue"] == 10
+    deploy = _tasks(spec)["deploy"]["inputs"]
+    for name in ("version", "promoted"):  # the step acts only when register promoted
+        assert deploy["parameters"][name] == {
+            "taskOutputParameter": {"outputParameterKey": name, "producerTask": "register"}
+        }
+    assert deploy["parameters"]["namespace"] == {
+        "componentInputParameter": "pipelinechannel--inference_service_namespace"
+    }
+    assert "processed" in deploy["artifacts"]  # the raw test split for the smoke test
+    register = spec["components"]["comp-register"]["outputDefinitions"]["parameters"]
+    assert register["promoted"]["parameterType"] == "BOOLEAN"
+    k8s = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert k8s["exec-deploy"]["fieldPathAsEnv"] == [
+        {"fieldPath": "metadata.namespace", "name": "SSR_NAMESPACE"}
+    ]
+    assert [s["secretName"] for s in k8s["exec-deploy"]["secretAsEnv"]] == [
+        "ssr-mlflow-credentials"
+    ]
 
 
 def test_compiled_register_gets_baseline_margin(compiled):
@@ -362,12 +392,18 @@ def _versions(uri: str, name: str) -> list:
     return MlflowClient(uri).search_model_versions(f"name='{name}'")
 
 
-def _run(tmp_path: Path, name: str, min_accuracy: float, pipeline_yaml: Path | None = None):
+def _run(
+    tmp_path: Path,
+    name: str,
+    min_accuracy: float,
+    pipeline_yaml: Path | None = None,
+    overrides: list[str] | None = None,
+):
     return run_local(
         tmp_path / "run",
         epochs=2,
         synth_args=TINY_SYNTH,
-        overrides=TINY_MODEL,
+        overrides=[*TINY_MODEL, *(overrides or [])],
         pipeline_yaml=pipeline_yaml,
         min_accuracy=min_accuracy,
         model_name=name,
@@ -404,10 +440,17 @@ def test_local_run_from_python_registers_a_version(tracking_env, tmp_path):
     assert "baseline" in report and "data:image/png;base64," in report
 
 
-def test_local_run_from_compiled_yaml(compiled, tracking_env, tmp_path):
+def test_local_run_from_compiled_yaml(compiled, tracking_env, tmp_path, monkeypatch):
+    """The compiled YAML through kfp.local: the first version of a model (no baseline check)
+    is promoted, and the deploy step runs and skips itself: no cluster here, even with a
+    $KUBECONFIG in the user's shell."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
     name = f"ssr-yaml-{uuid.uuid4().hex[:6]}"
-    summary = _run(tmp_path, name, min_accuracy=0.0, pipeline_yaml=compiled["path"])
+    no_baseline = ["registry.baseline_margin=null"]
+    summary = _run(tmp_path, name, 0.0, pipeline_yaml=compiled["path"], overrides=no_baseline)
     assert [v.version for v in _versions(tracking_env.uri, name)] == [summary["registered_version"]]
+    assert summary["gate"] == "promoted"
+    assert summary["deploy"] == "skipped"
 
 
 def test_failed_gate_registers_nothing(tracking_env, tmp_path):
