@@ -184,7 +184,7 @@ def expected_body(bucket: str) -> dict:
                 "metricStrategies": [{"name": "val_session_mean_loss", "value": "min"}],
             },
             "algorithm": {
-                "algorithmName": "tpe",
+                "algorithmName": "multivariate-tpe",  # Optuna's TPE in Katib v0.19
                 "algorithmSettings": [
                     {"name": "n_startup_trials", "value": "3"},
                     {"name": "random_state", "value": "42"},  # training.seed

@@ -5,7 +5,7 @@ line its trials print, and a strict check of the body before it is sent.
 Each trial is a ``batch/v1`` Job running ``ssr katib trial`` (``ssr train``'s code path) with the
 trial's values as config overrides. Its metrics reach Katib through the StdOut collector: Katib
 wraps the trial's command, sends its output to a file and parses it with
-:data:`METRICS_FORMAT`; :func:`metric_line` writes the lines that format matches.
+:data:`METRICS_FORMAT`; :func:`ssr.cluster.katib_trial.metric_line` writes those lines.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import math
 import re
 import shlex
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -43,6 +42,12 @@ TRIAL_CONTAINER = "trial"  # the trial Job's container: Katib's primaryContainer
 TRIAL_WORKDIR = "/tmp/ssr-trial"  # a trial's config, checkpoints and plots (its own pod)
 TRIAL_NAME_PARAM = "trialName"  # ${trialSpec.Name}: the trial's run name in MLflow
 
+# Optuna's TPE, as `ssr tune` samples: Katib v0.19's katib-config serves "multivariate-tpe" with
+# its Optuna suggestion service (TPESampler(multivariate=True, constant_liar=True): parallel
+# trials do not all sample the same point), but "tpe" with Hyperopt, which cannot be given its
+# random start-up trials (manifests/v1beta1/installs/katib-standalone/katib-config.yaml,
+# pkg/suggestion/v1beta1/optuna/service.py and hyperopt/service.py).
+ALGORITHM = "multivariate-tpe"
 # What `ssr train` selects its best epoch on; Katib keeps each trial's minimum (the best epoch).
 OBJECTIVE = "val_session_mean_loss"
 ADDITIONAL_METRICS = ("val_loss", "train_loss")
@@ -67,15 +72,6 @@ def experiment_name(run_id: str) -> str:
     if not run_id or "{{" in run_id:
         raise KatibError(f"run id {run_id!r} is not a pipeline run id")
     return NAME_PREFIX + hashlib.sha256(run_id.encode()).hexdigest()[:12]
-
-
-def metric_line(name: str, value: float, now: datetime | None = None) -> str | None:
-    """The line that reports ``name=value`` to Katib, or None for a value that is not finite
-    (the format has no NaN; a trial that never reports a number is ``MetricsUnavailable``)."""
-    if not math.isfinite(value):
-        return None
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return f"{stamp} {METRIC_MARK} {name}={value:.8g}"
 
 
 def value_text(value: Any) -> str:
@@ -111,13 +107,14 @@ def _parameter(p: Param) -> dict[str, Any]:
 
 
 def search_settings(space: SearchSpace, seed: int | None) -> dict[str, Any]:
-    """``algorithm`` (Optuna TPE; ``random_state`` is the sampler's seed in Katib v0.19) and
-    ``earlyStopping`` (median stopping, once a trial has reported ``warmup_epochs + 1`` epochs,
-    against the mean of that many epochs of at least ``startup_trials`` finished trials)."""
+    """``algorithm`` (:data:`ALGORITHM`: ``startup_trials`` random trials first, the seed as
+    ``random_state``) and ``earlyStopping`` (median stopping: once a trial has reported
+    ``warmup_epochs + 1`` epochs, its best value so far against the median of finished trials'
+    means over as many epochs, from ``startup_trials`` finished trials on)."""
     settings = [{"name": "n_startup_trials", "value": str(space.sampler_startup_trials)}]
     if seed is not None:
         settings.append({"name": "random_state", "value": str(seed)})
-    out: dict[str, Any] = {"algorithm": {"algorithmName": "tpe", "algorithmSettings": settings}}
+    out: dict[str, Any] = {"algorithm": {"algorithmName": ALGORITHM, "algorithmSettings": settings}}
     if space.pruning:
         rules = [
             {"name": "min_trials_required", "value": str(max(space.pruner_startup_trials, 1))},

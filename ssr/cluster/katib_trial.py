@@ -2,20 +2,22 @@
 per-epoch callback that prints the lines Katib's StdOut metrics collector parses.
 
 The lines come from the trainer's epoch callback rather than from parsing the epoch log line:
-that line is for people and may change; :func:`~ssr.cluster.katib.metric_line` is a format
-this module and the Experiment's ``metricsFormat`` share, printed only in a trial.
+that line is for people and may change; :func:`metric_line` writes the format of the
+Experiment's ``metricsFormat`` (:data:`~ssr.cluster.katib.METRICS_FORMAT`), only in a trial.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import tempfile
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ssr.cluster.katib import ADDITIONAL_METRICS, OBJECTIVE, metric_line
+from ssr.cluster.katib import ADDITIONAL_METRICS, METRIC_MARK, OBJECTIVE
 from ssr.cluster.node import fetch_config
 from ssr.config import load_config
 
@@ -25,6 +27,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPORTED = (OBJECTIVE, *ADDITIONAL_METRICS)
+
+
+def metric_line(name: str, value: float, now: datetime | None = None) -> str | None:
+    """The line that reports ``name=value`` to Katib, or None for a value that is not finite
+    (the format has no NaN; a trial that never reports a number is ``MetricsUnavailable``)."""
+    if not math.isfinite(value):
+        return None
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{stamp} {METRIC_MARK} {name}={value:.8g}"
 
 
 def _print(line: str) -> None:
