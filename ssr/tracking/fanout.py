@@ -82,6 +82,16 @@ class FanoutTracker(Tracker):
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._each("set_tags", lambda b: b.set_tags(tags))
 
+    def log_dataset(
+        self,
+        name: str,
+        digest: str,
+        source: str,
+        context: str = "training",
+        profile: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._each("log_dataset", lambda b: b.log_dataset(name, digest, source, context, profile))
+
     def run_ids(self) -> dict[str, str]:
         ids: dict[str, str] = {}
         for name, backend in self.backends.items():

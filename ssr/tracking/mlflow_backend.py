@@ -28,6 +28,8 @@ from ssr.errors import TrackingError
 from ssr.metrics import confusion_matrix
 from ssr.plots import plot_confusion_matrix
 from ssr.redact import redact
+from ssr.tracking.lineage import DataSet
+from ssr.tracking.mlflow_dataset import dataset_input
 from ssr.tracking.mlflow_http import ARTIFACT_TIMEOUT, short_http
 from ssr.tracking.mlflow_queue import BATCH_METRICS, Op, OpQueue
 from ssr.tracking.store import ensure_experiment, open_client, safe_path
@@ -135,15 +137,15 @@ class MlflowTracker(Tracker):
         timeout = ARTIFACT_TIMEOUT if op.kind in ("artifact", "image", "table") else None
         with short_http(timeout):
             if op.kind == "metrics":
-                metrics = [m for o in ops for m in o.metrics]
-                for i in range(0, len(metrics), BATCH_METRICS):
-                    self.client.log_batch(self._run_id, metrics=metrics[i : i + BATCH_METRICS])
+                self._log_metrics([m for o in ops for m in o.metrics])
             elif op.kind == "start":
                 self._start(op.payload)
             elif op.kind == "params":
                 self._log_params(op.payload)
             elif op.kind == "tags":
                 self._set_tags(op.payload)
+            elif op.kind == "dataset":  # MLflow keeps one input per data set and run
+                self.client.log_inputs(self._run_id, datasets=[op.payload])
             elif op.kind == "artifact":
                 self._log_artifact(Path(op.payload), op.extra)
             elif op.kind == "image":
@@ -154,6 +156,10 @@ class MlflowTracker(Tracker):
                 self._log_table(Path(op.payload), op.extra)
             elif op.kind == "terminate":
                 self.client.set_terminated(self._run_id, status=op.payload)
+
+    def _log_metrics(self, metrics: list[Metric]) -> None:
+        for i in range(0, len(metrics), BATCH_METRICS):
+            self.client.log_batch(self._run_id, metrics=metrics[i : i + BATCH_METRICS])
 
     def _set_tags(self, values: Mapping[str, Any]) -> None:
         tags = [RunTag(_key(k), redact(str(v))[:MAX_TAG_VALUE]) for k, v in values.items()]
@@ -303,6 +309,19 @@ class MlflowTracker(Tracker):
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if tags:
             self._queue.submit(Op("tags", dict(tags)))
+
+    def log_dataset(
+        self,
+        name: str,
+        digest: str,
+        source: str,
+        context: str = "training",
+        profile: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A dataset input of the run (see :mod:`ssr.tracking.mlflow_dataset`), queued like
+        every call, so an unreachable server gets it when it is back."""
+        data = DataSet(name, digest, redact(source), context, dict(profile or {}))
+        self._queue.submit(Op("dataset", dataset_input(data)))
 
     def run_ids(self) -> dict[str, str]:
         return {"mlflow": self._run_id} if self._run_id else {}

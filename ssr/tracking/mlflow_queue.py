@@ -38,8 +38,8 @@ PERMANENT_CODES = {
 
 @dataclass
 class Op:
-    """One queued call: ``kind`` is start, params, metrics, tags, artifact, image, table or
-    terminate."""
+    """One queued call: ``kind`` is start, params, metrics, tags, dataset, artifact, image,
+    table or terminate."""
 
     kind: str
     payload: Any = None

@@ -101,6 +101,18 @@ class Tracker(ABC):
         """Attach string tags to the run."""
         return None  # a no-op unless the backend overrides it
 
+    def log_dataset(
+        self,
+        name: str,
+        digest: str,
+        source: str,
+        context: str = "training",
+        profile: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record that the run used data set ``name`` (``digest``: its fingerprint, ``source``:
+        its URI) for ``context`` (training, evaluation), so a model traces back to its data."""
+        return None  # a no-op unless the backend overrides it
+
     def run_ids(self) -> dict[str, str]:
         """Backend run ids (e.g. ``{"mlflow": ..., "wandb": ...}``) stored in checkpoints."""
         return {}

@@ -8,6 +8,7 @@ the logged dict and W&B's own step just counts calls.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -38,6 +39,15 @@ def resolve_mode(configured: str) -> str:
 
 def _artifact_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "artifact"
+
+
+def _reference(source: str) -> str | None:
+    """``source`` as a W&B reference URI; None for a local path that is not there (W&B lists
+    a local directory's files, by path only: ``checksum=False`` reads no data)."""
+    if "://" in source:
+        return source
+    path = Path(source)
+    return path.resolve().as_uri() if path.exists() else None
 
 
 class WandbTracker(Tracker):
@@ -178,6 +188,33 @@ class WandbTracker(Tracker):
         self.run.config.update(
             {f"tags.{k}": redact(str(v)) for k, v in tags.items()}, allow_val_change=True
         )
+
+    def log_dataset(
+        self,
+        name: str,
+        digest: str,
+        source: str,
+        context: str = "training",
+        profile: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A ``dataset`` artifact used by the run: a reference to ``source`` (not a copy) plus
+        ``dataset.json`` with the fingerprint, so each fingerprint is its own version and the
+        W&B lineage graph links data, run and model.
+
+        Offline, ``use_artifact`` refuses drafts; the artifact is then written with the same
+        "use after commit" flag ``use_artifact`` sends, so ``wandb sync`` marks it used."""
+        meta = redact_values({"fingerprint": digest, "source": source, "context": context})
+        meta.update(profile or {})
+        artifact = self._wandb.Artifact(_artifact_name(name), type="dataset", metadata=meta)
+        with artifact.new_file("dataset.json") as out:
+            json.dump(meta, out, sort_keys=True)
+        reference = _reference(meta["source"])
+        if reference:
+            artifact.add_reference(reference, name="data", checksum=False)
+        if self.run.settings._offline:
+            self.run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
+        else:
+            self.run.use_artifact(artifact)
 
     def run_ids(self) -> dict[str, str]:
         return {"wandb": self.run.id}
