@@ -7,6 +7,7 @@ import argparse
 from ssr.cli import add_config_args, config_from_args
 from ssr.tracking.base import open_tracker
 from ssr.tracking.context import data_fingerprint
+from ssr.tracking.lineage import EVALUATION, log_data, read_processed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_out_dir(cfg.training.output_dir, args.split)
 
     tracker = open_tracker(cfg, job="evaluate", fingerprint=data_fingerprint(data))
+    log_data(tracker, read_processed(cfg.data.processed_dir, data, EVALUATION))
     status = "FAILED"
     try:
         result = evaluate(

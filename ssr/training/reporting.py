@@ -22,6 +22,7 @@ from ssr.model import parameter_count
 from ssr.storage import CheckpointPublisher, download_to, is_s3, upload_dir
 from ssr.tracking.base import Tracker
 from ssr.tracking.context import describe_device
+from ssr.tracking.lineage import describe_processed, log_data
 from ssr.training.checkpoint import BEST
 from ssr.training.distributed import DistInfo
 from ssr.training.runtime import precision_name
@@ -75,10 +76,12 @@ class Reporting:
         self._publish_outputs()
 
     def _start_run(self) -> None:
-        """Rank 0: take over the checkpoint directory, log params and tags."""
+        """Rank 0: take over the checkpoint directory, log params, tags and the data set."""
         tc = self.cfg.training
         self.publisher = CheckpointPublisher(tc.checkpoint_dir, self.cfg.storage)
         self.tracker.log_params(self.cfg.flat())
+        # lineage: the processed data set (its URI, as configured) with its fingerprint
+        log_data(self.tracker, describe_processed(self.cfg.data.processed_dir, self.manifest))
         precision = precision_name(self.amp_dtype)
         self.tracker.set_tags(
             {
