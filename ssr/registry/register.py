@@ -11,12 +11,16 @@ One MLflow run (``register-<checkpoint>``, in the tracking experiment) receives:
 * ``pytorch-model``: the network in MLflow's PyTorch flavour, as a ``torch.export`` (pt2)
   program with inputs ``x`` (B, T, C, F) and ``padding_mask`` (B, T)
   (when ``registry.log_pytorch_model``);
-* ``evaluation/``: the ``metrics.json`` and ``predictions.json`` of the test evaluation.
+* ``evaluation/``: the ``metrics.json`` and ``predictions.json`` of the test evaluation;
+* lineage: the data set the checkpoint was trained on (and the test data set, when another)
+  as dataset inputs with the fingerprint as digest (:mod:`ssr.tracking.lineage`); the test
+  metrics name the pyfunc model and that data set, so MLflow's logged-model page lists it.
 
 The new version gets the alias ``challenger``, tags with its task, test metrics, data
-fingerprint, config, git commit, pipeline run id and links to the MLflow and W&B runs, and a
-one-line description of its test scores. ``task: words`` records accuracy and macro F1;
-``task: sentences`` the WER and CER of the LM decoding, the greedy WER and the baseline's WER.
+fingerprint and source (and those of the training data), config, git commit, pipeline run id
+and links to the MLflow and W&B runs, and a one-line description of its test scores.
+``task: words`` records accuracy and macro F1; ``task: sentences`` the WER and CER of the LM
+decoding, the greedy WER and the baseline's WER.
 
 With a pipeline run id, registering is idempotent: when a version of the model already carries
 that ``pipeline_run_id`` tag (the same run's earlier attempt), it is returned as is; nothing is
@@ -35,6 +39,7 @@ from typing import Any
 
 import mlflow
 import torch
+from mlflow.entities import Dataset
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -57,6 +62,8 @@ from ssr.registry.packaging import (
 from ssr.registry.promote import CHALLENGER
 from ssr.registry.pyfunc_model import MANIFEST, MODEL_INFO, WEIGHTS, EmgClassifier
 from ssr.tracking.context import git_commit
+from ssr.tracking.lineage import TRAINING, DataSet, model_data, source_uri
+from ssr.tracking.mlflow_dataset import dataset_entity, dataset_input
 from ssr.tracking.store import ensure_experiment, open_client
 from ssr.training.checkpoint import check_features, load_checkpoint, restore_model
 
@@ -251,6 +258,13 @@ def register_model(
         )
 
     fingerprint = str(split.manifest.get("fingerprint", "unknown"))
+    # lineage: the data it was trained on (the checkpoint's) and, if other, tested on
+    datasets = model_data(
+        train_cfg.data.processed_dir,
+        str(state.get("data_fingerprint") or ""),
+        cfg.data.processed_dir,
+        split.manifest,
+    )
 
     scores = evaluation_scores(metrics)
     num_samples = metrics.get("num_samples", len(split))
@@ -272,6 +286,7 @@ def register_model(
         tags["train.mlflow_run_id"] = str(run_ids["mlflow"])
     if run_ids.get("wandb"):
         tags["train.wandb_run"] = str(run_ids["wandb"])
+    tags.update(_data_tags(cfg.data.processed_dir, datasets))
 
     experiment = cfg.tracking.mlflow.experiment
     mlflow.set_experiment(experiment_id=ensure_experiment(client, experiment))
@@ -297,10 +312,17 @@ def register_model(
             mlflow.set_tags(
                 {"ssr.job": "register", **{k: v for k, v in tags.items() if k != "config"}}
             )
-            mlflow.log_metrics({f"test/{k}": v for k, v in scores.items()})
+            tested_on = _record_data(client, run.info.run_id, datasets)
             mlflow.log_artifact(str(Path(eval_dir) / "metrics.json"), "evaluation")
             mlflow.log_artifact(str(Path(eval_dir) / "predictions.json"), "evaluation")
             pyfunc_info = log_classifier(artifacts, signature=signature, input_example=example)
+            # the scores name the model and the data tested on: the UI's logged model lists
+            # that data set under "Datasets used"
+            mlflow.log_metrics(
+                {f"test/{k}": v for k, v in scores.items()},
+                model_id=pyfunc_info.model_id,
+                dataset=tested_on,
+            )
             if cfg.registry.log_pytorch_model:
                 log_pytorch(model, split, train_cfg, len(labels))
             run_id = run.info.run_id
@@ -311,6 +333,25 @@ def register_model(
     client.set_registered_model_alias(name, CHALLENGER, version)
     log.info("registered %s version %s (run %s) as %s", name, version, run_id, CHALLENGER)
     return ModelVersionInfo(name, version, run_id, f"models:/{name}/{version}", [CHALLENGER], tags)
+
+
+def _data_tags(processed_dir: str, datasets: list[DataSet]) -> dict[str, str]:
+    """``data.source`` beside ``data.fingerprint`` (the data set registered and tested with),
+    and ``train.data.*``: the data set the checkpoint was trained on, when it names one."""
+    tags = {"data.source": _truncate(source_uri(processed_dir))}
+    for data in datasets:
+        if data.context == TRAINING:
+            tags["train.data.fingerprint"] = data.digest
+            tags["train.data.source"] = _truncate(data.source)
+    return tags
+
+
+def _record_data(client: MlflowClient, run_id: str, datasets: list[DataSet]) -> Dataset | None:
+    """Log ``datasets`` as inputs of the registering run; the entity its test scores name."""
+    if not datasets:
+        return None
+    client.log_inputs(run_id, datasets=[dataset_input(d) for d in datasets])
+    return dataset_entity(datasets[-1])
 
 
 def _run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str:
