@@ -76,20 +76,18 @@ class Broken(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def _answer(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
+    def _answer(self, code: int, body: bytes) -> None:
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802
-        self._answer(200, {})
+        self._answer(200, b"{}")
 
     def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self._answer(500, {"error_code": "INTERNAL_ERROR", "message": "weights do not load"})
+        self._answer(500, b'{"error_code": "INTERNAL_ERROR", "message": "weights do not load"}')
 
 
 @pytest.fixture(scope="module")
@@ -343,29 +341,20 @@ def test_a_body_kserve_would_refuse_is_not_sent(cluster) -> None:
 
 def test_status_is_read_as_kserve_writes_it() -> None:
     """The status of KServe's own canary example (docs/samples/v1beta1/rollout/README.md)."""
+    rev, host = "my-model-predictor-default-0000", "my-model-predictor-default.default.example.com"
     predictor = {
-        "latestCreatedRevision": "my-model-predictor-default-00003",
-        "latestReadyRevision": "my-model-predictor-default-00003",
-        "latestRolledoutRevision": "my-model-predictor-default-00001",
-        "previousRolledoutRevision": "my-model-predictor-default-00001",
+        "latestCreatedRevision": f"{rev}3",
+        "latestReadyRevision": f"{rev}3",
+        "latestRolledoutRevision": f"{rev}1",
+        "previousRolledoutRevision": f"{rev}1",
         "traffic": [
-            {
-                "latestRevision": True,
-                "percent": 10,
-                "revisionName": "my-model-predictor-default-00003",
-                "tag": "latest",
-                "url": "http://latest-my-model-predictor-default.default.example.com",
-            },
-            {
-                "latestRevision": False,
-                "percent": 90,
-                "revisionName": "my-model-predictor-default-00001",
-                "tag": "prev",
-                "url": "http://prev-my-model-predictor-default.default.example.com",
-            },
+            {"latestRevision": True, "percent": 10, "revisionName": f"{rev}3", "tag": "latest"},
+            {"latestRevision": False, "percent": 90, "revisionName": f"{rev}1", "tag": "prev"},
         ],
-        "url": "http://my-model-predictor-default.default.example.com",
+        "url": f"http://{host}",
     }
+    for target in predictor["traffic"]:
+        target["url"] = f"http://{target['tag']}-{host}"
     obj = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
     obj["status"]["components"] = {"predictor": predictor}
     state = isvc.read_state(obj)
