@@ -22,11 +22,13 @@ def train_distributed(
     config_yaml: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameter default
     epochs: int = 0,
+    tuned_overrides: list = [],  # noqa: B006
 ) -> NamedTuple("Outputs", [("best_val_loss", float)]):
     """Same as ``ssr trainjob launch``: ``torchrun -m ssr train --resume auto`` on
     ``num_nodes`` nodes of ``image`` in ``<checkpoint_root>/<run_id>`` (``s3://``); re-attaches
     to the run's job on a retry; returns the best validation loss. ``run_id`` must be exactly
-    ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``."""
+    ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``; ``tuned_overrides`` (the tune step's) win over
+    ``overrides``."""
     from ssr.steps.trainjob import distributed_train_step
 
     result = distributed_train_step(
@@ -36,7 +38,7 @@ def train_distributed(
         checkpoint_root,
         run_id,
         config_yaml,
-        overrides,
+        [*overrides, *tuned_overrides],
         epochs,
         num_nodes,
         gpus_per_node,

@@ -27,7 +27,7 @@ from ssr.cluster.katib import (
 from ssr.cluster.katib_launcher import Experiments, launch
 from ssr.cluster.secrets import SECRETS
 from ssr.steps import StepError
-from ssr.steps.tune import delete_experiment_step, tune_step
+from ssr.steps.tune import cleanup_step, delete_experiment_step, tune_step
 from ssr.tuning.space import parse_space
 from ssr.yaml_io import yaml_load
 
@@ -446,6 +446,21 @@ def test_cleanup_deletes_the_search_and_tolerates_none(standin):
     assert delete_experiment_step(RUN_ID, 4, "FAILED")
     assert standin.experiments == {}
     assert delete_experiment_step(RUN_ID, 4, "CANCELLED")  # 404: nothing to delete, no error
+
+
+def test_the_exit_handler_deletes_the_search_and_the_trainjob(standin):
+    from ssr.cluster.trainjob import build_trainjob, job_name
+
+    space = parse_space(yaml_space(), "space.yaml")
+    body = build_experiment(NAME, NAMESPACE, IMAGE, space, [], trials=4, parallel=2)
+    standin.add_experiment(NAMESPACE, body, status(trialsRunning=2))
+    job = build_trainjob(job_name(RUN_ID), NAMESPACE, IMAGE, 2, 1, [])
+    standin.add_job(NAMESPACE, job, "Running")
+    cleanup_step(RUN_ID, 2, 4, "FAILED")
+    assert standin.experiments == {} and standin.jobs == {}
+    standin.requests.clear()
+    cleanup_step(RUN_ID, 1, 0, "SUCCEEDED")  # neither made: no cluster asked
+    assert standin.requests == []
 
 
 def test_cli_dry_run_prints_a_valid_body(tmp_path, capsys):

@@ -18,7 +18,7 @@ from ssr.cluster.katib import experiment_name
 from ssr.cluster.katib_launcher import describe
 from ssr.config import load_config
 from ssr.steps import StepError, check_writable, checkpoint_dir_for, config_args, run_cli
-from ssr.steps.trainjob import remote_data_uri
+from ssr.steps.trainjob import delete_trainjob_step, remote_data_uri
 from ssr.storage import is_s3, join, write_bytes
 
 log = logging.getLogger(__name__)
@@ -97,3 +97,17 @@ def delete_experiment_step(run_id: str, trials: int, final_state: str = "") -> b
     log.info("pipeline finished (%s): deleting the run's Katib Experiment", final_state or "?")
     run_cli(["katib", "delete", "--run-id", run_id.strip()])
     return True
+
+
+def cleanup_step(run_id: str, num_nodes: int, tune_trials: int, final_state: str = "") -> None:
+    """The exit handler: delete the run's Experiment and TrainJob (each only if the run made
+    one). Both are tried; the first failure is raised after the second has been tried."""
+    failures: list[Exception] = []
+    for step, count in ((delete_experiment_step, tune_trials), (delete_trainjob_step, num_nodes)):
+        try:
+            step(run_id, count, final_state)
+        except Exception as exc:  # the other clean-up still runs
+            log.error("cleanup: %s", exc)
+            failures.append(exc)
+    if failures:
+        raise failures[0]
