@@ -46,19 +46,25 @@ def compile_pipeline(
     gpu_type: str | None = None,
     gpus: int | str | None = None,
     train_image: str | None = None,
+    tune_trials: int | None = None,
 ) -> Path:
-    """Compile with the given images and GPU defaults; returns the YAML path.
+    """Compile with the given images, GPU and search defaults; returns the YAML path.
 
     A value left out comes from the environment (``SSR_IMAGE``, ``SSR_TRAIN_IMAGE``,
-    ``SSR_GPU_TYPE``, ``SSR_GPUS_PER_NODE``), else the defaults; the environment is left as it was.
+    ``SSR_GPU_TYPE``, ``SSR_GPUS_PER_NODE``, ``SSR_TUNE_TRIALS``), else the defaults; the
+    environment is left as it was. ``tune_trials`` is the default of the run parameter of the
+    same name (0: no search unless a run asks for one).
     """
     if gpus is not None and not str(gpus).isdigit():
         raise ValueError(f"gpus must be a non-negative integer, got {gpus!r}")
+    if tune_trials is not None and (isinstance(tune_trials, bool) or int(tune_trials) < 0):
+        raise ValueError(f"tune_trials must be a non-negative integer, got {tune_trials!r}")
     settings = {
         "SSR_IMAGE": image,
         "SSR_TRAIN_IMAGE": train_image,
         "SSR_GPU_TYPE": gpu_type,
         "SSR_GPUS_PER_NODE": None if gpus is None else str(gpus),
+        "SSR_TUNE_TRIALS": None if tune_trials is None else str(int(tune_trials)),
     }
     saved = {key: os.environ.get(key) for key in settings}
     try:
@@ -98,9 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gpus", type=int, default=None, help="GPUs per training node (gpus_per_node)"
     )
+    parser.add_argument(
+        "--tune-trials",
+        type=int,
+        default=None,
+        help="default of the run parameter tune_trials (0: no hyper-parameter search)",
+    )
     parser.add_argument("--out", default="build/ssr_pipeline.yaml")
     args = parser.parse_args(argv)
-    path = compile_pipeline(args.out, args.image, args.gpu_type, args.gpus, args.train_image)
+    path = compile_pipeline(
+        args.out, args.image, args.gpu_type, args.gpus, args.train_image, args.tune_trials
+    )
     from components.image import SSR_IMAGE, SSR_TRAIN_IMAGE
 
     for line in local_image_warnings({"IMAGE": SSR_IMAGE, "TRAIN_IMAGE": SSR_TRAIN_IMAGE}):

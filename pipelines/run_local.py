@@ -134,6 +134,8 @@ def summarize(root: Path, elapsed: float, model_name: str) -> dict[str, Any]:
         found = sorted(training_plots.glob(f"{kind}_epoch_*.png"), key=os.path.getmtime)
         if found:
             summary.setdefault("plots", []).append(str(found[-1]))
+    # [] with tune_trials=0 (no search here); on Kubeflow, the best trial's values
+    summary["tuned_overrides"] = _task_output(run_dir / "tune", "Output")
     summary["registered_version"] = _task_output(run_dir / "register", "version")
     summary["deploy"] = _task_output(run_dir / "deploy", "Output")  # None: it did not run
     summary["model_name"] = model_name
@@ -249,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n=== ssr local pipeline run ===")
     print(json.dumps(summary, indent=2))
+    if summary.get("tuned_overrides") == []:
+        print(
+            "\nTune: skipped (tune_trials=0); on Kubeflow, tune_trials=N searches N trials as a "
+            "Katib Experiment before training (docs/tuning.md)."
+        )
     example = transcribe_example(summary)
     if example:
         print(f"\nThe registered model transcribes a test recording:\n  {example}")

@@ -1,5 +1,5 @@
-"""The training pipeline: preprocess -> train -> evaluate -> (gate) -> register/promote ->
-(promoted) deploy.
+"""The training pipeline: preprocess -> (tune) -> train -> evaluate -> (gate) ->
+register/promote -> (promoted) deploy.
 
 Compile with ``make pipeline`` (see :mod:`pipelines.compile`); run on this machine with
 ``make run-local`` (see :mod:`pipelines.run_local`).
@@ -14,7 +14,11 @@ YAML, not only for ``kfp.local``:
   Kubeflow Trainer TrainJob: ``dsl.If(num_nodes == 1)`` / ``dsl.Else()`` pick the GPU task or
   the launcher, each followed by evaluate and the gated register (not a ``dsl.OneOf`` of the
   two models, which ``kfp.local`` cannot resolve for artifacts);
-* a ``dsl.ExitHandler`` deletes the run's TrainJob however the run ends;
+* the tune step (``tune_trials`` > 0) searches hyper-parameters as a Katib Experiment and its
+  best values extend the train step's overrides; with 0 trials (the default) it skips itself
+  and returns none, so one compiled pipeline serves both (not a ``dsl.If``: the train task
+  must consume the step's output in both cases);
+* a ``dsl.ExitHandler`` deletes the run's Katib Experiment and TrainJob however the run ends;
 * caching is off for every step: preprocess would be keyed on the ``data_uri`` string, not on
   the data behind it; train, evaluate and register write to object storage and MLflow;
 * retries of tasks inside ``dsl.If`` are honoured from KFP 2.14 on; register is idempotent per
@@ -24,24 +28,29 @@ YAML, not only for ``kfp.local``:
   rollout on a retry, and skips itself where there is no cluster (``kfp.local``).
 """
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 from kfp import dsl, kubernetes
 
 from components import (
-    delete_trainjob,
+    cleanup_run,
     deploy,
     evaluate,
     preprocess,
     register,
     train,
     train_distributed,
+    tune,
 )
 from components.image import SSR_TRAIN_IMAGE
+from ssr.cluster.katib import DEFAULT_DEADLINE_SECONDS as TUNE_DEADLINE_SECONDS
 from ssr.cluster.secrets import MLFLOW, OPTIONAL, S3, SECRETS
 from ssr.cluster.trainjob import DEFAULT_DEADLINE_SECONDS
 from ssr.config import RegistryConfig
+from ssr.yaml_io import yaml_load
 
 PIPELINE_NAME = "ssr-emg-training"
 # Compile-time defaults for the GPU request; both stay run parameters of the pipeline. The count
@@ -55,6 +64,14 @@ CHECKPOINT_ROOT = "s3://mlpipeline/shared/ssr-checkpoints"
 REGISTRY = RegistryConfig()
 INFERENCE_SERVICE = "ssr-emg"  # k8s/kserve
 CANARY_PERCENT = 10
+# The hyper-parameter search: off unless a run (or the compile, SSR_TUNE_TRIALS) asks for
+# trials; its space defaults to configs/tune_space.yaml as it is when the pipeline is compiled,
+# on one line as JSON (which is YAML): the compiler copies a default into a comment at the top
+# of the file, where a second line would break the YAML.
+TUNE_TRIALS = int(os.environ.get("SSR_TUNE_TRIALS") or 0)
+TUNE_PARALLEL_TRIALS = 2
+_SPACE_FILE = Path(__file__).resolve().parents[1] / "configs" / "tune_space.yaml"
+TUNE_SPACE = json.dumps(yaml_load(_SPACE_FILE.read_text())) if _SPACE_FILE.is_file() else ""
 
 
 def _with_secrets(task: dsl.PipelineTask, names: list[str]) -> dsl.PipelineTask:
@@ -160,6 +177,10 @@ def training_pipeline(
     inference_service: str = INFERENCE_SERVICE,
     inference_service_namespace: str = "",
     canary_percent: int = CANARY_PERCENT,
+    tune_trials: int = TUNE_TRIALS,
+    tune_parallel_trials: int = TUNE_PARALLEL_TRIALS,
+    tune_space_yaml: str = TUNE_SPACE,
+    tune_deadline_seconds: int = TUNE_DEADLINE_SECONDS,
 ) -> None:
     """Train and register a model.
 
@@ -185,18 +206,27 @@ def training_pipeline(
         inference_service, inference_service_namespace: the KServe InferenceService a promoted
             champion is deployed to (k8s/kserve); an empty namespace is the run's own.
         canary_percent: the new revision's share of the traffic during its smoke test.
+        tune_trials: trials of the hyper-parameter search before training (a Katib
+            Experiment; ``checkpoint_root`` must be ``s3://``); 0 trains the config as given.
+        tune_parallel_trials: trials at a time, each with the train step's accelerators.
+        tune_space_yaml: the search space (the YAML of ``ssr tune --space``; the default is
+            configs/tune_space.yaml as JSON).
+        tune_deadline_seconds: the search stops then, keeping its best trial so far.
 
     The test accuracy is the evaluate step's output, the registered version the register
     step's.
     """
-    cleanup = delete_trainjob(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, num_nodes=num_nodes)
+    cleanup = cleanup_run(
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, num_nodes=num_nodes, tune_trials=tune_trials
+    )
     cleanup.set_display_name("cleanup").set_caching_options(False)
     cleanup.set_cpu_request("100m").set_memory_request("256Mi")
     cleanup.set_cpu_limit("500m").set_memory_limit("1Gi").set_retry(2)
     _with_namespace(cleanup)
-    # Every task runs inside the exit handler, whose cleanup deletes the run's TrainJob however
-    # the run ends (failed, cancelled, done). KFP allows no pipeline output from inside it, so
-    # the pipeline returns nothing: the test accuracy is evaluate's output and metrics.
+    # Every task runs inside the exit handler, whose cleanup deletes the run's Katib Experiment
+    # and TrainJob however the run ends (failed, cancelled, done). KFP allows no pipeline
+    # output from inside it, so the pipeline returns nothing: the test accuracy is evaluate's
+    # output and metrics.
     gate = {
         "config_yaml": config_yaml,
         "overrides": overrides,
@@ -221,6 +251,29 @@ def training_pipeline(
         prep.set_caching_options(False)  # a cache key of the data_uri string misses new files
         _with_secrets(prep, [S3])
 
+        # Skips itself with 0 trials; else waits for the search (a retry re-attaches to it).
+        tuner = tune(
+            processed=prep.outputs["processed"],
+            checkpoint_root=checkpoint_root,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            image=SSR_TRAIN_IMAGE,
+            trials=tune_trials,
+            parallel_trials=tune_parallel_trials,
+            space_yaml=tune_space_yaml,
+            gpu_type=gpu_type,
+            gpus_per_trial=gpus_per_node,
+            deadline_seconds=tune_deadline_seconds,
+            config_yaml=config_yaml,
+            overrides=overrides,
+            epochs=epochs,
+        )
+        tuner.set_display_name("tune").set_caching_options(False)
+        tuner.set_cpu_request("250m").set_cpu_limit("1")
+        tuner.set_memory_request("1Gi").set_memory_limit("2Gi")
+        tuner.set_retry(3, backoff_duration="60s", backoff_factor=2.0)
+        _with_secrets(tuner, [S3])  # the config and data probe; the trials get all three
+        _with_namespace(tuner)
+
         with dsl.If(num_nodes == 1, name="single-node"):
             trainer = train(
                 processed=prep.outputs["processed"],
@@ -229,6 +282,7 @@ def training_pipeline(
                 config_yaml=config_yaml,
                 overrides=overrides,
                 epochs=epochs,
+                tuned_overrides=tuner.output,
             )
             trainer.set_display_name("train").set_caching_options(False)
             trainer.set_container_image(SSR_TRAIN_IMAGE)
@@ -260,6 +314,7 @@ def training_pipeline(
                 overrides=overrides,
                 epochs=epochs,
                 deadline_seconds=trainjob_deadline_seconds,
+                tuned_overrides=tuner.output,
             )
             # Waits for the TrainJob; a retry re-attaches to the job instead of starting another.
             launcher.set_display_name("train-trainjob").set_caching_options(False)

@@ -16,8 +16,12 @@ from mlflow.tracking import MlflowClient
 from pipelines.compile import compile_pipeline, main
 from pipelines.run_local import run_local
 from ssr.steps import RUN_ID_PLACEHOLDER
+from ssr.tuning.space import load_space, parse_space
+from ssr.yaml_io import yaml_load
 
-STEPS = ("preprocess", "train", "evaluate", "register", "deploy")
+REPO = Path(__file__).resolve().parents[1]
+
+STEPS = ("preprocess", "tune", "train", "evaluate", "register", "deploy")
 
 TINY_SYNTH = [
     "--vocab",
@@ -218,9 +222,9 @@ def test_compiled_multi_node_branch_and_exit_handler(compiled):
     assert _executor(spec, "train-distributed")["image"] == "registry.example.com/ssr:9.9.9"
     # The exit handler: cleanup runs after every other task, however they ended.
     root = spec["root"]["dag"]["tasks"]
-    cleanup = root["delete-trainjob"]
+    cleanup = root["cleanup-run"]
     assert cleanup["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
-    assert set(cleanup["dependentTasks"]) == {n for n in root if n != "delete-trainjob"}
+    assert set(cleanup["dependentTasks"]) == {n for n in root if n != "cleanup-run"}
     status = cleanup["inputs"]["parameters"]["status"]
     assert "taskFinalStatus" in status
     assert cleanup["inputs"]["parameters"]["run_id"] == {
@@ -229,14 +233,76 @@ def test_compiled_multi_node_branch_and_exit_handler(compiled):
     # The launcher and the cleanup create/delete in the run's own namespace, with the S3 key
     # only (the TrainJob's pods get every secret by reference).
     k8s = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for step in ("exec-train-distributed", "exec-delete-trainjob"):
+    for step in ("exec-train-distributed", "exec-cleanup-run"):
         assert k8s[step]["fieldPathAsEnv"] == [
             {"fieldPath": "metadata.namespace", "name": "SSR_NAMESPACE"}
         ]
     assert [s["secretName"] for s in k8s["exec-train-distributed"]["secretAsEnv"]] == [
         "ssr-s3-credentials"
     ]
-    assert "secretAsEnv" not in k8s["exec-delete-trainjob"]
+    assert "secretAsEnv" not in k8s["exec-cleanup-run"]
+
+
+def _tune_wiring(spec: dict, platform: dict) -> dict:
+    """What the compiled pipeline does with the search: the tune task's inputs and where its
+    output goes, the train tasks' tuned overrides, the cleanup's trial count."""
+    tasks, root = _tasks(spec), spec["root"]["dag"]["tasks"]
+    tune = tasks["tune"]
+    params = tune["inputs"]["parameters"]
+    channel = {"componentInputParameter": "pipelinechannel--tune-Output"}
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-tune"]
+    return {
+        "default": spec["root"]["inputDefinitions"]["parameters"]["tune_trials"]["defaultValue"],
+        "inside_exit_handler": "tune" in spec["components"]["comp-exit-handler-1"]["dag"]["tasks"],
+        "after": tune.get("dependentTasks"),
+        "trials": params["trials"]["componentInputParameter"],
+        "run_id": params["run_id"],
+        "image": params["image"]["runtimeValue"]["constant"],
+        "gpus": params["gpus_per_trial"]["componentInputParameter"],
+        "train": [
+            tasks[t]["inputs"]["parameters"]["tuned_overrides"] == channel
+            for t in ("train", "train-distributed")
+        ],
+        "cleanup_trials": root["cleanup-run"]["inputs"]["parameters"]["tune_trials"],
+        "secrets": [s["secretName"] for s in k8s["secretAsEnv"]],
+        "namespace": k8s["fieldPathAsEnv"],
+        "retries": tune["retryPolicy"]["maxRetryCount"],
+        "cache": tune.get("cachingOptions", {}).get("enableCache", False),
+    }
+
+
+def test_compiled_tune_step_off_by_default_and_on_by_option(compiled, tmp_path):
+    """The search is a run parameter (tune_trials; the compile sets its default): off or on,
+    the same tasks, the train tasks take the tune task's overrides, the cleanup its count."""
+    wiring = _tune_wiring(compiled["spec"], compiled["platform"])
+    assert wiring.pop("default") == 0
+    expected = {
+        "inside_exit_handler": True,
+        "after": ["preprocess"],
+        "trials": "pipelinechannel--tune_trials",
+        "run_id": {"runtimeValue": {"constant": dsl.PIPELINE_JOB_ID_PLACEHOLDER}},
+        "image": "registry.example.com/ssr:9.9.9-cuda",  # the trials train on the CUDA image
+        "gpus": "pipelinechannel--gpus_per_node",
+        "train": [True, True],
+        "cleanup_trials": {"componentInputParameter": "tune_trials"},
+        "secrets": ["ssr-s3-credentials"],
+        "namespace": [{"fieldPath": "metadata.namespace", "name": "SSR_NAMESPACE"}],
+        "retries": 3,
+        "cache": False,
+    }
+    assert wiring == expected
+    path = compile_pipeline(
+        tmp_path / "on.yaml", image="registry.example.com/ssr:9.9.9", tune_trials=8
+    )
+    spec, platform = yaml.safe_load_all(path.read_text())
+    wiring = _tune_wiring(spec, platform)
+    assert wiring.pop("default") == 8 and wiring == expected
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    space = parse_space(yaml_load(params["tune_space_yaml"]["defaultValue"]))  # one line
+    assert space == load_space(REPO / "configs" / "tune_space.yaml")
+    assert params["tune_parallel_trials"]["defaultValue"] == 2
+    with pytest.raises(ValueError, match="tune_trials"):
+        compile_pipeline(tmp_path / "bad.yaml", tune_trials=-1)
 
 
 def test_compiled_caching_is_off_for_every_step(compiled):
@@ -451,6 +517,7 @@ def test_local_run_from_compiled_yaml(compiled, tracking_env, tmp_path, monkeypa
     assert [v.version for v in _versions(tracking_env.uri, name)] == [summary["registered_version"]]
     assert summary["gate"] == "promoted"
     assert summary["deploy"] == "skipped"
+    assert summary["tuned_overrides"] == []  # tune_trials=0: the step ran and searched nothing
 
 
 def test_failed_gate_registers_nothing(tracking_env, tmp_path):
