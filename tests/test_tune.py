@@ -200,6 +200,20 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(
     assert len(parents) == 1  # the resumed study continued its own run
 
 
+@pytest.mark.slow
+def test_parallel_trials_run_exactly_the_budget(processed, tmp_path):
+    out = tmp_path / "parallel"
+    cfg = load_config(None, _overrides(processed, tmp_path / "work", training__num_epochs=2))
+    space = parse_space({**SPACE, "pruner": {"enabled": False}}, "space")
+    result = run_study(cfg, space, TuneOptions(str(out), 3, jobs=2))
+    states = [t.state.name for t in _study(out).trials]
+    assert states == ["COMPLETE"] * 3 and result.ran == 3
+    assert result.best_config == out / "best.yaml" and result.best_config.is_file()
+    # no trial starts after the deadline: a timeout that has passed runs nothing
+    later = run_study(cfg, space, TuneOptions(str(out), 5, timeout=1e-9))
+    assert later.ran == 0 and len(_study(out).trials) == 3
+
+
 def test_on_epoch_stops_the_training(processed, tmp_path):
     seen = []
 

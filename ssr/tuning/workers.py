@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
+from optuna.trial import FrozenTrial, TrialState
 
 from ssr.errors import SSRError
 from ssr.redact import RedactingFilter
@@ -55,6 +58,10 @@ class Tickets:
         self.shared = multiprocessing.get_context("spawn").Value("i", count) if shared else None
         self.count = count
 
+    def lock(self) -> contextlib.AbstractContextManager[Any]:
+        """Held by one worker at a time (a recursive lock between the processes)."""
+        return contextlib.nullcontext() if self.shared is None else self.shared.get_lock()
+
     def take(self) -> bool:
         """Take one, if any is left."""
         if self.shared is None:
@@ -69,17 +76,36 @@ class Tickets:
         return max(0, self.count if self.shared is None else int(self.shared.value))
 
 
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
+    """Run one asked trial and tell the study how it ended (as ``Study.optimize`` would)."""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        return study.tell(trial, state=TrialState.PRUNED)
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    if math.isnan(value):  # the objective's way of saying the values cannot train
+        return study.tell(trial, state=TrialState.FAIL)
+    return study.tell(trial, value)
+
+
 def optimize(
     study: optuna.Study, ctx: TrialContext, tickets: Tickets, deadline: float | None
 ) -> None:
-    """Run trials while tickets (shared by the workers) last and the deadline has not passed."""
+    """Run trials while tickets (shared by the workers) last and the deadline has not passed.
+
+    A trial is taken under the tickets' lock: Optuna's SQLite storage can hand the same
+    enqueued trial (the baseline, a retried one) to two workers that ask at the same moment.
+    """
     objective = Objective(ctx)
-
-    def progress(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+    while deadline is None or time.time() < deadline:
+        with tickets.lock():
+            if not tickets.take():
+                break
+            trial = study.ask()
+        frozen = run_trial(study, trial, objective)
         log.info("%s", progress_line(study, frozen, ctx.target))
-
-    while (deadline is None or time.time() < deadline) and tickets.take():
-        study.optimize(objective, n_trials=1, callbacks=[progress])
 
 
 def _worker(
