@@ -83,7 +83,7 @@ def _wandb_groups(wandb_dir: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_study_nests_its_trials_and_writes_a_best_config_ssr_train_loads(
-    processed, mlflow_server, tmp_path
+    processed, mlflow_server, tmp_path, caplog
 ):
     out = tmp_path / "study"
     args = _overrides(processed, tmp_path / "work", mlflow_server.uri)
@@ -91,6 +91,12 @@ def test_a_study_nests_its_trials_and_writes_a_best_config_ssr_train_loads(
     space = _space(tmp_path / "space.yaml")
     command = ["tune", "--space", str(space), "--trials", "3", "--out", str(out), *args]
     assert main(command) == 0
+    progress = [r.getMessage() for r in caplog.records if r.name == "ssr.tuning.workers"]
+    lines = [re.match(r"trial (\d) \((\d)/3\) (complete|pruned): ", m) for m in progress]
+    assert len(lines) == 3 and all(lines), progress
+    assert [(int(m[1]) + 1, int(m[2])) for m in lines if m] == [(1, 1), (2, 2), (3, 3)]
+    epochs = [r for r in caplog.records if r.name.startswith("ssr.training") and r.levelno < 30]
+    assert not epochs  # the trainer's own INFO lines are hidden during a study
 
     study = _study(out)
     trials = {t.number: t for t in study.trials}
