@@ -182,6 +182,7 @@ bench: setup ## run every benchmark in quick mode (BENCH_ARGS= for the full runs
 	$(BIN)/python benchmarks/bench_dataloader.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_inference.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_quality.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_tune.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_pipeline.py $(BENCH_ARGS)
 
 # ---- serving ---------------------------------------------------------------------------------

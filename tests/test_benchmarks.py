@@ -135,6 +135,17 @@ def test_preprocess_short() -> None:
     assert all(float(r[3]) > 50 for r in runs)  # peak RSS in MiB of a real process
 
 
+def test_tune_quick(tmp_path: Path) -> None:
+    out = run_bench("bench_tune.py", "--quick", "--threads", "1", "--workdir", str(tmp_path))
+    rows = table(out, "data seed")
+    assert [r[1] for r in rows] == ["tuned", "held out"]
+    for row in rows:
+        complete, pruned, failed = (int(x) for x in row[3].split(" / "))
+        assert complete + pruned == 3 and failed == 0
+        # the study includes the preset's own values, so it is never worse on validation
+        assert float(row[6]) <= float(row[7]) + 1e-9
+
+
 @pytest.mark.slow
 def test_pipeline_quick(tmp_path: Path) -> None:
     out = run_bench("bench_pipeline.py", "--quick", "--workdir", str(tmp_path), timeout=900)
