@@ -285,9 +285,12 @@ class Trainer(CheckpointState, Reporting):
         }
 
     def _end_epoch(self, val: dict[str, Any], row: dict[str, float], improved: bool) -> None:
-        """Rank 0: log the epoch, plot, checkpoint."""
+        """Rank 0: log the epoch, plot, checkpoint, then ask ``on_epoch`` (a tuning trial's
+        pruner) whether to go on."""
         self._report_epoch(val, row, improved)
         self._save(improved)
+        if self.on_epoch is not None and self.on_epoch(self.epoch, row):
+            self._stop = self._stopped_on_epoch = True
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(
@@ -349,8 +352,6 @@ class Trainer(CheckpointState, Reporting):
             with distributed.shared_failure(f"ending epoch {self.epoch}", slow=True):
                 if main:
                     self._end_epoch(val, row, improved)
-                    if self.on_epoch is not None and self.on_epoch(self.epoch, row):
-                        self._stop = self._stopped_on_epoch = True
             stopped_early = self.early_stopping.should_stop
             self._stop = distributed.any_true(self._stop, self.device)
         if stopped_early and main:
