@@ -57,6 +57,16 @@ class RecordingTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.calls.append(("tags", dict(tags)))
 
+    def log_dataset(
+        self,
+        name: str,
+        digest: str,
+        source: str,
+        context: str = "training",
+        profile: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.calls.append(("dataset", (name, digest, source, context)))
+
     def run_ids(self) -> dict[str, str]:
         return {"mlflow": "run-123"}
 
@@ -242,6 +252,8 @@ def test_checkpoints_plots_tracking_and_learning(processed: Path, tmp_path: Path
     }
 
     assert tracker.of("params")[0]["training.batch_size"] == 8
+    ((_, digest, source, context),) = tracker.of("dataset")  # the data it trained on
+    assert context == "training" and source.endswith("processed") and len(digest) >= 12
     tags = tracker.of("tags")[0]
     assert tags["data.fingerprint"] and tags["torch"] == torch.__version__
     train_steps = [step for m, step in tracker.of("metrics") if "train/loss" in m]
