@@ -11,7 +11,6 @@ the running trials) and keeps the best trial so far.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from ssr.cluster.custom_objects import Kind, NamespacedObjects
 from ssr.cluster.katib import (
     GROUP,
     MIN_KATIB,
@@ -66,23 +66,6 @@ class TuneResult:
         }
 
 
-def _status_message(exc: Any) -> str:
-    body = getattr(exc, "body", None) or ""
-    try:
-        return str(json.loads(body).get("message") or body)
-    except (ValueError, AttributeError):
-        return str(body)
-
-
-def _api_error(exc: Any, what: str) -> KatibError:
-    hint = ""
-    if exc.status == 403:
-        hint = " (the step's service account needs the experiments RBAC of k8s/base/pipeline)"
-    if exc.status == 404:
-        hint = f" (is Katib {MIN_KATIB} installed, with its Experiment CRD?)"
-    return KatibError(f"cannot {what}: HTTP {exc.status} {exc.reason}{hint}")
-
-
 def refusal_message(server_message: str) -> str:
     """One line for the API server's refusal of a create: fields the cluster's Katib does not
     know (strict field validation), or what Katib's admission webhook said, with the fix
@@ -100,68 +83,23 @@ def refusal_message(server_message: str) -> str:
     return f"Katib refused it: {text}"
 
 
-class Experiments:
-    """The few Kubernetes calls the launcher makes, in one namespace."""
+EXPERIMENT = Kind(
+    GROUP,
+    VERSION,
+    PLURAL,
+    "Experiment",
+    rbac_hint="the step's service account needs the experiments RBAC of k8s/base/pipeline",
+    missing_hint=f"is Katib {MIN_KATIB} installed, with its Experiment CRD?",
+)
+
+
+class Experiments(NamespacedObjects):
+    """The few Kubernetes calls the launcher makes, in one namespace; a refused create says
+    what Katib's webhook or the API server objected to (:func:`refusal_message`). Deleting an
+    Experiment deletes its trials and their Jobs."""
 
     def __init__(self, namespace: str, client: Any = None) -> None:
-        from kubernetes import client as k8s
-
-        self.namespace = namespace
-        self.custom = k8s.CustomObjectsApi(client or api_client())
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            found: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name
-            )
-            return found
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise _api_error(exc, f"read Experiment {self.namespace}/{name}") from None
-
-    def create(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create ``body`` with strict field validation; (the Experiment, True), or (the one
-        that exists already, False)."""
-        from kubernetes.client.exceptions import ApiException
-
-        name = body["metadata"]["name"]
-        where = f"Experiment {self.namespace}/{name}"
-        try:
-            made = self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, body, field_validation="Strict"
-            )
-            return made, True
-        except ApiException as exc:
-            if exc.status == 409 and (found := self.get(name)) is not None:
-                return found, False
-            if exc.status in (400, 422):
-                raise KatibError(
-                    f"cannot create {where}: {refusal_message(_status_message(exc))}"
-                ) from None
-            raise _api_error(exc, f"create {where}") from None
-
-    def delete(self, name: str, wait: float = 0.0, poll: float = 2.0) -> bool:
-        """Delete the Experiment with its trials and their Jobs (foreground); False when there
-        was none. With ``wait``, wait up to that many seconds until it is gone."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name, propagation_policy="Foreground"
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise _api_error(exc, f"delete Experiment {self.namespace}/{name}") from None
-        end = time.monotonic() + wait
-        while wait and self.get(name) is not None:
-            if time.monotonic() > end:
-                raise KatibError(f"Experiment {self.namespace}/{name} still exists after {wait}s")
-            time.sleep(poll)
-        return True
+        super().__init__(EXPERIMENT, namespace, client or api_client(), KatibError, refusal_message)
 
 
 def experiment_state(exp: dict[str, Any]) -> tuple[str, str]:

@@ -7,7 +7,6 @@ and created again (``--resume auto`` continues from the checkpoints); a ``Comple
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -15,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ssr.cluster.custom_objects import Kind, NamespacedObjects
 from ssr.cluster.trainjob import (
     GROUP,
     NODE,
@@ -77,73 +77,27 @@ def job_state(job: dict[str, Any]) -> tuple[str, str]:
     return "Running", ""
 
 
-class TrainJobs:
-    """The few Kubernetes calls the launcher makes, in one namespace."""
+TRAINJOB = Kind(
+    GROUP,
+    VERSION,
+    PLURAL,
+    "TrainJob",
+    rbac_hint="the step's service account needs the trainjobs RBAC of k8s/base/pipeline",
+    missing_hint="is Kubeflow Trainer v2.3 installed, with its TrainJob CRD?",
+)
+
+
+class TrainJobs(NamespacedObjects):
+    """The few Kubernetes calls the launcher makes, in one namespace. A refused create names
+    the Trainer release the body needs (:func:`~ssr.cluster.trainjob.unknown_fields_message`)."""
 
     def __init__(self, namespace: str, client: Any = None) -> None:
         from kubernetes import client as k8s
 
-        self.namespace = namespace
-        self.api = client or api_client()
-        self.custom = k8s.CustomObjectsApi(self.api)
+        super().__init__(
+            TRAINJOB, namespace, client or api_client(), TrainJobError, unknown_fields_message
+        )
         self.core = k8s.CoreV1Api(self.api)
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            found: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name
-            )
-            return found
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise _api_error(exc, f"read TrainJob {self.namespace}/{name}") from None
-
-    def create(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create ``body``; (the job, True) or, when it exists already, (that job, False).
-
-        With strict field validation: the API server's default (Warn) would drop the fields an
-        older Trainer's CRD lacks and start a job without them (no /dev/shm, no GPU toleration,
-        no deadline); Strict refuses it, and the refusal names the Trainer release needed."""
-        from kubernetes.client.exceptions import ApiException
-
-        name = body["metadata"]["name"]
-        try:
-            made = self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, body, field_validation="Strict"
-            )
-            return made, True
-        except ApiException as exc:
-            if exc.status == 409:
-                found = self.get(name)
-                if found is not None:
-                    return found, False
-            where = f"TrainJob {self.namespace}/{name}"
-            if exc.status in (400, 422) and (hint := unknown_fields_message(_message(exc))):
-                raise TrainJobError(f"cannot create {where}: {hint}") from None
-            raise _api_error(exc, f"create {where}") from None
-
-    def delete(self, name: str, wait: float = 0.0, poll: float = 2.0) -> bool:
-        """Delete the job and what it owns (foreground); False when there was none. With
-        ``wait``, wait up to that many seconds until it is gone."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name, propagation_policy="Foreground"
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise _api_error(exc, f"delete TrainJob {self.namespace}/{name}") from None
-        deadline = time.monotonic() + wait
-        while wait and self.get(name) is not None:
-            if time.monotonic() > deadline:
-                raise TrainJobError(f"TrainJob {self.namespace}/{name} still there after {wait}s")
-            time.sleep(poll)
-        return True
 
     def runtime_missing(self, runtime: str) -> bool:
         """True when the ClusterTrainingRuntime does not exist; False when it does or when this
@@ -174,24 +128,6 @@ class TrainJobs:
             log.debug("no log of %s yet (HTTP %s)", pod, exc.status)
             return None
         return pod, text
-
-
-def _message(exc: Any) -> str:
-    """The ``message`` of the API server's Status in an ApiException (else its body)."""
-    body = getattr(exc, "body", None) or ""
-    try:
-        return str(json.loads(body).get("message") or body)
-    except (ValueError, AttributeError):
-        return str(body)
-
-
-def _api_error(exc: Any, what: str) -> TrainJobError:
-    hint = ""
-    if exc.status == 403:
-        hint = " (the step's service account needs the trainjobs RBAC of k8s/base/pipeline)"
-    if exc.status == 404:
-        hint = " (is Kubeflow Trainer v2.3 installed, with its TrainJob CRD?)"
-    return TrainJobError(f"cannot {what}: HTTP {exc.status} {exc.reason}{hint}")
 
 
 class LogFollower:
