@@ -247,16 +247,22 @@ def load_closure(
     included) and third-party top-level packages; deferred imports not."""
     memo: dict[str, frozenset[str]] = {}
 
-    def closure(module: str, path: tuple[str, ...] = ()) -> frozenset[str]:
-        if module not in files:
-            return frozenset({module})
-        if module in memo or module in path:
-            return memo.get(module, frozenset({module}))
-        found = frozenset({module}).union(
-            *(closure(m, (*path, module)) for m in [*_parents(module), *loaded[module]])
-        )
-        memo[module] = found
-        return found
+    def closure(module: str) -> frozenset[str]:
+        # A whole walk per module, memoised only when complete: a memo filled inside an import
+        # cycle (a package __init__ and its submodules) would hold a partial closure, and which
+        # one would depend on set order, i.e. on the interpreter's hash seed.
+        if module not in memo:
+            seen: set[str] = set()
+            stack = [module]
+            while stack:
+                name = stack.pop()
+                if name in seen:
+                    continue
+                seen.add(name)
+                if name in files:
+                    stack += [*_parents(name), *loaded[name]]
+            memo[module] = frozenset(seen)
+        return memo[module]
 
     return closure
 
@@ -355,6 +361,24 @@ def test_the_checker_sees_a_cycle_through_a_package_init(tmp_path: Path) -> None
     (package / "other.py").write_text("from ssr.pkg.leaf import X\ny = X\n")
     files = {k: v for k, v in module_files(tmp_path).items() if k.startswith("ssr")}
     assert cycles(import_graph(files)) == [["ssr.other", "ssr.pkg", "ssr.pkg.loop"]]
+
+
+def test_closures_inside_an_import_cycle_are_whole(tmp_path: Path) -> None:
+    """A package __init__ that imports a submodule is a cycle (the submodule's import runs the
+    __init__ first); the closure of a sibling must hold what the cycle loads, whichever module
+    was asked about first (a partial memo once made this depend on the hash seed)."""
+    package = tmp_path / "ssr" / "pkg"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("from ssr.pkg import a\n")
+    (package / "a.py").write_text("import torch\n")
+    (package / "b.py").write_text("X = 1\n")
+    files = {k: v for k, v in module_files(tmp_path).items() if k.startswith("ssr")}
+    loaded, _ = _split_imports(files)
+    for first in ("ssr.pkg.a", "ssr.pkg", "ssr.pkg.b"):
+        closure = load_closure(files, loaded)
+        closure(first)
+        assert "torch" in closure("ssr.pkg.b") and "torch" in closure("ssr.pkg")
 
 
 def test_the_checker_sees_a_deferred_import_that_saves_nothing(tmp_path: Path) -> None:
