@@ -8,12 +8,15 @@ drops the fields an older controller's CRD lacks and creates the object without 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ssr.errors import SSRError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,16 @@ def status_message(exc: Any) -> str:
         return str(json.loads(body).get("message") or body)
     except (ValueError, AttributeError):
         return str(body)
+
+
+def finished_state(obj: dict[str, Any], done: str) -> tuple[str, str]:
+    """(``done`` | ``Failed`` | ``Running``, "reason: message") from the object's status
+    conditions: the first of ``done`` or ``Failed`` that is True."""
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in (done, "Failed") and cond.get("status") == "True":
+            detail = ": ".join(p for p in (cond.get("reason"), cond.get("message")) if p)
+            return cond["type"], detail
+    return "Running", ""
 
 
 class NamespacedObjects:
@@ -99,6 +112,19 @@ class NamespacedObjects:
             if exc.status in (400, 422) and (line := self.refusal(status_message(exc))):
                 raise self.error(f"cannot create {self.where(name)}: {line}") from None
             raise self.api_error(exc, f"create {self.where(name)}") from None
+
+    def describe(self, name: str, done: str) -> str:
+        """One line on the object's state and message ("" when it cannot be read): what a
+        failed step reports besides the launcher's exit status."""
+        try:
+            found = self.get(name)
+        except Exception as exc:  # the step is failing already; keep its own error
+            log.debug("cannot read %s: %s", self.where(name), exc)
+            return ""
+        if found is None:
+            return f"{self.where(name)} does not exist"
+        state, message = finished_state(found, done)
+        return f"{self.where(name)} {state}" + (f": {message}" if message else "")
 
     def delete(self, name: str, wait: float = 0.0, poll: float = 2.0) -> bool:
         """Delete the object and what it owns (foreground); False when there was none. With

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ssr.cluster.custom_objects import Kind, NamespacedObjects
+from ssr.cluster.custom_objects import Kind, NamespacedObjects, finished_state
 from ssr.cluster.katib import (
     GROUP,
     MIN_KATIB,
@@ -104,11 +104,7 @@ class Experiments(NamespacedObjects):
 
 def experiment_state(exp: dict[str, Any]) -> tuple[str, str]:
     """(``Succeeded`` | ``Failed`` | ``Running``, message) from the Experiment's conditions."""
-    for cond in (exp.get("status") or {}).get("conditions") or []:
-        if cond.get("type") in ("Succeeded", "Failed") and cond.get("status") == "True":
-            detail = ": ".join(p for p in (cond.get("reason"), cond.get("message")) if p)
-            return cond["type"], detail
-    return "Running", ""
+    return finished_state(exp, "Succeeded")
 
 
 def counts(exp: dict[str, Any]) -> dict[str, int]:
@@ -230,15 +226,10 @@ def launch(
 
 
 def describe(name: str, namespace: str | None = None) -> str:
-    """One line on the Experiment's state and message ("" when it cannot be read): what a
-    failed step reports besides the launcher's exit status."""
-    namespace = namespace or current_namespace()
+    """One line on the Experiment's state and message ("" when it cannot be read)."""
     try:
-        exp = Experiments(namespace).get(name)
+        objects = Experiments(namespace or current_namespace())
     except Exception as exc:  # the step is failing already; keep its own error
-        log.debug("cannot read Experiment %s/%s: %s", namespace, name, exc)
+        log.debug("cannot reach the cluster: %s", exc)
         return ""
-    if exp is None:
-        return f"Experiment {namespace}/{name} does not exist"
-    state, message = experiment_state(exp)
-    return f"Experiment {namespace}/{name} {state}" + (f": {message}" if message else "")
+    return objects.describe(name, "Succeeded")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ssr.cluster.custom_objects import Kind, NamespacedObjects
+from ssr.cluster.custom_objects import Kind, NamespacedObjects, finished_state
 from ssr.cluster.trainjob import (
     GROUP,
     NODE,
@@ -70,11 +70,7 @@ def current_namespace() -> str:
 
 def job_state(job: dict[str, Any]) -> tuple[str, str]:
     """(``Complete`` | ``Failed`` | ``Running``, message) from the job's conditions."""
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
-            detail = ": ".join(p for p in (cond.get("reason"), cond.get("message")) if p)
-            return cond["type"], detail
-    return "Running", ""
+    return finished_state(job, "Complete")
 
 
 TRAINJOB = Kind(
@@ -208,15 +204,10 @@ def launch(
 
 
 def describe(name: str, namespace: str | None = None) -> str:
-    """One line on the job's state and message ("" when it cannot be read): what a failed step
-    reports besides the launcher's exit status."""
-    namespace = namespace or current_namespace()
+    """One line on the job's state and message ("" when it cannot be read)."""
     try:
-        job = TrainJobs(namespace).get(name)
+        objects = TrainJobs(namespace or current_namespace())
     except Exception as exc:  # the step is failing already; keep its own error
-        log.debug("cannot read TrainJob %s/%s: %s", namespace, name, exc)
+        log.debug("cannot reach the cluster: %s", exc)
         return ""
-    if job is None:
-        return f"TrainJob {namespace}/{name} does not exist"
-    state, message = job_state(job)
-    return f"TrainJob {namespace}/{name} {state}" + (f": {message}" if message else "")
+    return objects.describe(name, "Complete")
